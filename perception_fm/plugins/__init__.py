@@ -1,0 +1,6 @@
+"""Built-in plugins. Each module here is a plain pluggy plugin (see perception_fm.hookspecs)."""
+
+# Modules registered by the plugin manager in addition to the "perception_fm" entry points.
+BUILTIN_PLUGINS = (
+    "perception_fm.plugins.da3",
+)

@@ -1,0 +1,57 @@
+"""pip/venv installation of perception_fm.
+
+On a robot the package is built by colcon through CMakeLists.txt (interfaces + Python package). Here, pip
+installs the Python package and scripts/setup.sh builds the interfaces; see README.md.
+"""
+from setuptools import find_packages, setup
+
+# Python dependencies of the core. ROS itself (rclpy, message packages) comes from apt on a robot and
+# from the ros-kilted-* wheels in a venv (extra "ros-wheels"), so it is not an install requirement.
+CORE = ["numpy>=1.24", "pluggy>=1.3", "PyYAML>=6", "scipy>=1.10", "rosbags>=0.10", "opencv-python-headless>=4.8"]
+# Depth Anything 3: the network needs these; the depth-anything-3 package itself is installed with
+# --no-deps by scripts/setup.sh because its declared requirements are far wider than the network's.
+DA3 = ["torch>=2.2", "omegaconf>=2.3", "addict>=2.4", "einops>=0.7", "safetensors>=0.4", "huggingface_hub>=0.23"]
+ROS_WHEELS = [
+    f"ros-kilted-{name}"
+    for name in (
+        "rclpy", "rmw-fastrtps-cpp", "std-msgs", "std-srvs", "sensor-msgs", "geometry-msgs", "nav-msgs",
+        "visualization-msgs", "shape-msgs", "diagnostic-msgs", "builtin-interfaces", "rosgraph-msgs",
+    )
+]
+# What building the interfaces in msg/ needs in a venv (CMake and a C compiler come from the system).
+ROS_BUILD_WHEELS = [
+    "catkin-pkg>=1.0",
+    "ros-kilted-ament-package",
+    "ros-kilted-rosidl-default-generators",
+    "ros-kilted-rosidl-core-generators",
+] + [
+    f"ros-kilted-ament-cmake{suffix}"
+    for suffix in (
+        "", "-core", "-export-definitions", "-export-dependencies", "-export-include-directories",
+        "-export-interfaces", "-export-libraries", "-export-link-flags", "-export-targets",
+        "-gen-version-h", "-include-directories", "-libraries", "-python", "-ros", "-ros-core",
+        "-target-dependencies", "-test", "-version",
+    )
+]
+DEV = ["pytest>=7", "pytest-timeout>=2"]
+
+setup(
+    name="perception_fm",
+    version="0.1.0",
+    description="Plugin-based ROS 2 perception with foundation models (Depth Anything 3, SAM 3, SAM 3D)",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["perception_fm", "perception_fm.*"]),
+    include_package_data=True,
+    install_requires=CORE,
+    extras_require={
+        "da3": DA3,
+        "ros-wheels": ROS_WHEELS + ROS_BUILD_WHEELS,
+        "dev": DEV,
+    },
+    entry_points={
+        "console_scripts": ["perception-fm = perception_fm.cli:main"],
+        # Third-party plugins register under this group (see perception_fm/hookspecs.py).
+        "perception_fm": [],
+    },
+)
