@@ -53,7 +53,7 @@ class DepthPrediction:
 
     views: list[int]  # indices (into the call's views) of the dense maps below
     depth: np.ndarray  # (len(views), h, w) float32; metres when is_metric
-    confidence: np.ndarray  # (len(views), h, w) float32, higher is better
+    confidence: np.ndarray | None  # (len(views), h, w) float32, higher is better; None if not predicted
     is_metric: bool
     world_to_camera: np.ndarray | None = None  # (N, 4, 4) float64 for all N views, first view = identity
     intrinsics: np.ndarray | None = None  # (N, 3, 3) float64 predicted K at the processed size

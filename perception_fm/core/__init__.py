@@ -1,0 +1,1 @@
+"""Building blocks without ROS or model dependencies."""

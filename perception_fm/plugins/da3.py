@@ -1,0 +1,439 @@
+"""Depth Anything 3 (ByteDance Seed, 2025) as a perception_fm depth plugin.
+
+The network is the official one from the ``depth-anything-3`` package, built from its config registry;
+``depth_anything_3.api`` (which pulls torchvision, moviepy, pycolmap, ...) is never imported. Everything
+around the network is ours: loading from a hub id or a local directory with a strict key check,
+preprocessing on the model's device, mixed precision on GPU, metric scaling, and the ray-head pose solver
+(perception_fm.geometry.ray_pose).
+
+Checkpoint layout (hub repo or local directory): ``config.json`` = {"model_name": "<registry name>"} and
+``model.safetensors`` whose keys are the network's state dict prefixed with ``model.``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from perception_fm.errors import BadInputError, WeightsMismatchError, WeightsNotFoundError
+from perception_fm.hookspecs import ModelOptions, ModelSpec, Task, hookimpl
+from perception_fm.tasks.depth import (
+    POSE_CAMERA_HEAD,
+    POSE_RAY,
+    DepthCapabilities,
+    DepthPrediction,
+    PreparedView,
+)
+
+log = logging.getLogger(__name__)
+
+PATCH_SIZE = 14
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# DA3 Metric predicts depth for a canonical focal length: metres = focal_px * raw / 300.
+METRIC_CANONICAL_FOCAL = 300.0
+RANDOM_WEIGHTS = "random-init"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_PREFIX = "model."
+
+
+@dataclass(frozen=True)
+class Da3Variant:
+    name: str  # model name users choose; also the key of depth_anything_3.registry.MODEL_REGISTRY
+    hub_id: str
+    license: str
+    kind: str  # "anyview": multi-view depth + poses; "mono": one view; "nested": anyview + metric branch
+    metric: bool
+    summary: str
+
+    @property
+    def capabilities(self) -> DepthCapabilities:
+        anyview = self.kind in ("anyview", "nested")
+        return DepthCapabilities(
+            metric=self.metric,
+            multi_view=anyview,
+            pose_methods=(POSE_CAMERA_HEAD, POSE_RAY) if anyview else (),
+            known_poses=anyview,
+            needs_intrinsics=self.kind == "mono" and self.metric,
+            sky=self.kind in ("mono", "nested"),
+        )
+
+
+APACHE = "Apache-2.0"
+NON_COMMERCIAL = "CC-BY-NC-4.0 (non-commercial use only)"
+VARIANTS = (
+    Da3Variant("da3-small", "depth-anything/DA3-SMALL", APACHE, "anyview", False,
+               "DA3 Small (ViT-S, 34 M params): any-view relative depth + camera poses"),
+    Da3Variant("da3-base", "depth-anything/DA3-BASE", APACHE, "anyview", False,
+               "DA3 Base (ViT-B): any-view relative depth + camera poses"),
+    Da3Variant("da3-large", "depth-anything/DA3-LARGE-1.1", NON_COMMERCIAL, "anyview", False,
+               "DA3 Large 1.1 (ViT-L): any-view relative depth + camera poses"),
+    Da3Variant("da3-giant", "depth-anything/DA3-GIANT-1.1", NON_COMMERCIAL, "anyview", False,
+               "DA3 Giant 1.1 (ViT-G): any-view relative depth + camera poses"),
+    Da3Variant("da3mono-large", "depth-anything/DA3MONO-LARGE", APACHE, "mono", False,
+               "DA3 Mono Large: single-view relative depth with sky mask"),
+    Da3Variant("da3metric-large", "depth-anything/DA3METRIC-LARGE", APACHE, "mono", True,
+               "DA3 Metric Large: single-view metric depth (needs camera_info) with sky mask"),
+    Da3Variant("da3nested-giant-large", "depth-anything/DA3NESTED-GIANT-LARGE-1.1", NON_COMMERCIAL, "nested", True,
+               "DA3 Nested Giant+Large 1.1: any-view metric depth + camera poses with sky mask"),
+)
+REQUIRES = ("torch", "depth_anything_3", "safetensors", "huggingface_hub", "omegaconf", "addict", "einops")
+
+
+@hookimpl
+def register_models() -> list[ModelSpec]:
+    return [
+        ModelSpec(
+            name=variant.name,
+            task=Task.DEPTH,
+            summary=variant.summary,
+            license=variant.license,
+            default_weights=variant.hub_id,
+            requires=REQUIRES,
+            create=functools.partial(Da3DepthModel.from_options, variant),
+        )
+        for variant in VARIANTS
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building and loading
+
+
+def build_network(name: str):
+    """The official network for a registry name, randomly initialised (torch's default init)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # omegaconf deprecation warning printed at import
+        from depth_anything_3.cfg import create_object, load_config
+        from depth_anything_3.registry import MODEL_REGISTRY
+    if name not in MODEL_REGISTRY:
+        raise WeightsMismatchError(
+            f"unknown Depth Anything 3 architecture {name!r}; known: {', '.join(sorted(MODEL_REGISTRY))}"
+        )
+    return create_object(load_config(MODEL_REGISTRY[name]))
+
+
+def save_pretrained(net, directory: str | os.PathLike, name: str) -> Path:
+    """Write `net` in the hub layout (config.json + model.safetensors with the ``model.`` prefix)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps({"model_name": name}))
+    state = {STATE_PREFIX + key: value.detach().contiguous() for key, value in net.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS_FILE))
+    return directory
+
+
+def _is_local_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(source))
+
+
+def resolve_weights(source: str, options: ModelOptions) -> Path:
+    """A directory holding config.json and model.safetensors, from a local path or the HF hub."""
+    if _is_local_path(source):
+        directory = Path(os.path.expanduser(source))
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
+        if missing:
+            raise WeightsNotFoundError(
+                f"Depth Anything 3 weights directory {str(directory)!r} lacks {', '.join(missing)} "
+                f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
+        return directory
+
+    import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = options.offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        path = huggingface_hub.snapshot_download(
+            repo_id=source,
+            revision=options.revision,
+            cache_dir=options.cache_dir,
+            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE],
+            local_files_only=offline,
+        )
+    except LocalEntryNotFoundError as error:
+        how = "offline mode is on and they are not in the local hub cache" if offline else "the hub cannot be reached"
+        raise WeightsNotFoundError(
+            f"Depth Anything 3 weights {source!r} are not available: {how}. Download them on a connected "
+            f"machine (`hf download {source}`) and copy the hub cache, or pass a local directory as weights."
+        ) from error
+    except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
+        raise WeightsNotFoundError(f"Depth Anything 3 weights {source!r} could not be fetched: {error}") from error
+    directory = Path(path)
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise WeightsNotFoundError(f"hub repo {source!r} has no {WEIGHTS_FILE}")
+    return directory
+
+
+def load_state(net, directory: Path) -> None:
+    """Load model.safetensors into `net`; every parameter of the network must come from the file."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(directory / WEIGHTS_FILE), device="cpu")
+    state = {key[len(STATE_PREFIX):] if key.startswith(STATE_PREFIX) else key: value for key, value in state.items()}
+    result = net.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        shown = ", ".join(result.missing_keys[:8])
+        raise WeightsMismatchError(
+            f"{directory / WEIGHTS_FILE} lacks {len(result.missing_keys)} of the network's tensors "
+            f"(e.g. {shown}); refusing to run with those left random"
+        )
+    if result.unexpected_keys:
+        log.warning(
+            "%s has %d tensors the network does not use (ignored), e.g. %s",
+            directory / WEIGHTS_FILE, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:8]),
+        )
+
+
+def select_device(requested: str) -> str:
+    import torch
+
+    if requested in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise WeightsNotFoundError(f"device {requested!r} requested but torch sees no CUDA device")
+    return requested
+
+
+def processed_size(height: int, width: int, process_res: int) -> tuple[int, int]:
+    """Longest side scaled to `process_res`, each side then rounded to the nearest multiple of 14."""
+    scale = process_res / max(height, width)
+
+    def to_patch_multiple(value: float) -> int:
+        return max(PATCH_SIZE, int(round(value / PATCH_SIZE)) * PATCH_SIZE)
+
+    return to_patch_multiple(height * scale), to_patch_multiple(width * scale)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model
+
+
+class Da3DepthModel:
+    """A DA3 network on one device, speaking the DepthModel protocol (perception_fm.tasks.depth)."""
+
+    def __init__(self, variant: Da3Variant, net, *, weights: str, device: str, process_res: int = 504,
+                 pose_method: str = POSE_CAMERA_HEAD, precision: str = "auto"):
+        import torch
+
+        self.variant = variant
+        self.name = variant.name
+        self.weights = weights
+        self.device = device
+        self.capabilities = variant.capabilities
+        self.process_res = int(process_res)
+        if self.capabilities.pose_methods and pose_method not in self.capabilities.pose_methods:
+            raise ValueError(f"pose_method must be one of {self.capabilities.pose_methods}, got {pose_method!r}")
+        self.pose_method = pose_method if self.capabilities.pose_methods else "none"
+        self.net = net.to(device).eval()
+        self._amp_dtype = self._choose_precision(precision)
+        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
+
+    @classmethod
+    def from_options(cls, variant: Da3Variant, options: ModelOptions) -> "Da3DepthModel":
+        import torch
+
+        device = select_device(options.device)
+        if options.random_weights:
+            torch.manual_seed(0)  # the same random network on every run
+            net, weights = build_network(variant.name), RANDOM_WEIGHTS
+        else:
+            directory = resolve_weights(options.weights or variant.hub_id, options)
+            config = json.loads((directory / CONFIG_FILE).read_text())
+            architecture = config.get("model_name", variant.name)
+            if architecture != variant.name:
+                raise WeightsMismatchError(
+                    f"weights in {str(directory)!r} are for {architecture!r}, but model {variant.name!r} was asked for"
+                )
+            net = build_network(architecture)
+            load_state(net, directory)
+            weights = options.weights or variant.hub_id
+        extra = dict(options.extra)
+        return cls(
+            variant, net, weights=weights, device=device,
+            process_res=int(extra.get("process_res", 504)),
+            pose_method=str(extra.get("pose_method", POSE_CAMERA_HEAD)),
+            precision=str(extra.get("precision", "auto")),
+        )
+
+    def _choose_precision(self, precision: str):
+        import torch
+
+        if precision == "fp32" or not self.device.startswith("cuda"):
+            return None
+        if precision == "fp16":
+            return torch.float16
+        if precision in ("bf16", "auto"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+
+    # -- preprocessing ----------------------------------------------------------------------------------
+
+    def prepare(self, image: np.ndarray, intrinsics: np.ndarray | None = None) -> PreparedView:
+        import torch
+        import torch.nn.functional as F
+
+        from perception_fm.geometry.camera import scale_intrinsics
+
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise BadInputError("encoding", f"DA3 takes RGB uint8 (H, W, 3) images, got {image.dtype} {image.shape}")
+        height, width = image.shape[:2]
+        if height < 2 or width < 2:
+            raise BadInputError("empty", f"image of {width}x{height} pixels is too small")
+        size = processed_size(height, width, self.process_res)
+        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        pixels = pixels.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        if size != (height, width):
+            pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False,
+                                   antialias=size[0] < height)
+        tensor = ((pixels[0] - self._mean) / self._std).contiguous()
+        K = None
+        if intrinsics is not None:
+            K = scale_intrinsics(np.asarray(intrinsics, dtype=np.float64), size[1] / width, size[0] / height)
+        return PreparedView(data=tensor, image_size=(height, width), size=size, intrinsics=K)
+
+    # -- inference --------------------------------------------------------------------------------------
+
+    def predict(self, views: Sequence[PreparedView], *, dense_views: Sequence[int] | None = None,
+                known_world_to_camera: np.ndarray | None = None, pose_method: str | None = None) -> DepthPrediction:
+        import torch
+
+        if not views:
+            raise ValueError("predict needs at least one view")
+        if len(views) > 1 and not self.capabilities.multi_view:
+            raise ValueError(f"{self.name} is a single-view model; got {len(views)} views")
+        sizes = {view.size for view in views}
+        if len(sizes) != 1:
+            raise BadInputError("size_mismatch", f"views of one call must share a size, got {sorted(sizes)}")
+        dense = list(range(len(views))) if dense_views is None else [int(i) % len(views) for i in dense_views]
+        method = pose_method or self.pose_method
+        if self.capabilities.pose_methods and method not in self.capabilities.pose_methods:
+            raise ValueError(f"pose_method must be one of {self.capabilities.pose_methods}, got {method!r}")
+        height, width = views[0].size
+
+        started = time.perf_counter()
+        x = torch.stack([view.data for view in views]).unsqueeze(0)  # (1, N, 3, h, w)
+        extrinsics = intrinsics = None
+        if known_world_to_camera is not None:
+            extrinsics, intrinsics = self._conditioning(views, known_world_to_camera)
+        autocast = torch.autocast(device_type="cuda", dtype=self._amp_dtype) if self._amp_dtype is not None \
+            else torch.autocast(device_type="cpu", enabled=False)
+        with torch.inference_mode(), autocast:
+            if self.variant.kind == "mono":
+                output = self.net(x)
+                method = "none"
+            elif self.variant.kind == "nested":
+                output = self._forward_anyview(self.net.da3, x, extrinsics, intrinsics, method)
+                metric = self.net.da3_metric(x)
+                # The nested net's own alignment of the any-view branch to its metric branch (least squares
+                # scale on confident non-sky pixels, sky set to far depth).
+                output = self.net._apply_metric_scaling(output, metric)
+                output = self.net._apply_depth_alignment(output, metric)
+                output = self.net._handle_sky_regions(output, metric)
+                output.sky = metric.sky
+            else:
+                output = self._forward_anyview(self.net, x, extrinsics, intrinsics, method)
+
+        depth = output["depth"][0, dense].float()
+        if self.variant.kind == "mono" and self.variant.metric:
+            depth = depth * self._metric_factor(views, dense).to(depth.device)
+        result = DepthPrediction(
+            views=dense,
+            depth=depth.cpu().numpy(),
+            confidence=output["depth_conf"][0, dense].float().cpu().numpy() if "depth_conf" in output else None,
+            is_metric=self.capabilities.metric,
+            pose_method=method if self.capabilities.pose_methods else "none",
+            sky=(output["sky"][0, dense] >= 0.5).cpu().numpy() if "sky" in output else None,
+        )
+        if "extrinsics" in output:
+            w2c = _homogeneous(output["extrinsics"][0].double().cpu().numpy())
+            # Express every pose relative to the first view (view 0 = identity, the window's frame).
+            result.world_to_camera = w2c @ np.linalg.inv(w2c[0])
+            result.intrinsics = output["intrinsics"][0].double().cpu().numpy()
+        result.timings_ms["predict"] = (time.perf_counter() - started) * 1e3
+        return result
+
+    def _forward_anyview(self, net, x, extrinsics, intrinsics, method):
+        """Any-view forward. The camera head path is the network's own; the ray path runs the backbone and
+        the dual DPT head, then our confidence-weighted DLT + RQ solve on the ray map (no RANSAC)."""
+        import torch
+        from addict import Dict
+
+        from perception_fm.geometry.ray_pose import solve_ray_pose
+
+        if method == POSE_CAMERA_HEAD:
+            return net(x, extrinsics, intrinsics, export_feat_layers=[], use_ray_pose=False, ref_view_strategy="first")
+        height, width = x.shape[-2:]
+        cam_token = None
+        if extrinsics is not None:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                cam_token = net.cam_enc(extrinsics, intrinsics, (height, width))
+        features, _ = net.backbone(x, cam_token=cam_token, export_feat_layers=[], ref_view_strategy="first")
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            head = net.head(features, height, width, patch_start_idx=0)
+        K, world_to_camera = solve_ray_pose(head["ray"][0].float(), head["ray_conf"][0].float(), (height, width))
+        return Dict(
+            depth=head["depth"], depth_conf=head["depth_conf"],
+            extrinsics=world_to_camera[None, :, :3, :], intrinsics=K[None],
+        )
+
+    def _conditioning(self, views: Sequence[PreparedView], known_world_to_camera: np.ndarray):
+        """Known poses + intrinsics as the network's camera tokens. Poses are re-expressed relative to the
+        first view and translations divided by the median camera distance from it, the normalisation the
+        network was trained with; the caller aligns the predicted poses back to the known ones."""
+        import torch
+
+        if not self.capabilities.known_poses:
+            raise ValueError(f"{self.name} does not take known poses")
+        w2c = np.asarray(known_world_to_camera, dtype=np.float64)
+        if w2c.shape != (len(views), 4, 4):
+            raise ValueError(f"known_world_to_camera must be ({len(views)}, 4, 4), got {w2c.shape}")
+        if any(view.intrinsics is None for view in views):
+            raise ValueError("known poses need intrinsics for every view")
+        relative = w2c @ np.linalg.inv(w2c[0])
+        centres = np.linalg.inv(relative)[:, :3, 3]
+        spread = max(float(np.median(np.linalg.norm(centres, axis=1))), 1e-1)
+        relative[:, :3, 3] /= spread
+        extrinsics = torch.from_numpy(relative).float().to(self.device)[None]
+        intrinsics = torch.from_numpy(np.stack([view.intrinsics for view in views])).float().to(self.device)[None]
+        return extrinsics, intrinsics
+
+    def _metric_factor(self, views: Sequence[PreparedView], dense: list[int]):
+        import torch
+
+        missing = [i for i in dense if views[i].intrinsics is None]
+        if missing:
+            raise BadInputError(
+                "camera_info", f"{self.name} needs camera intrinsics (camera_info) to output metres; none were given"
+            )
+        focal = [(views[i].intrinsics[0, 0] + views[i].intrinsics[1, 1]) / 2 for i in dense]
+        return torch.tensor(focal, dtype=torch.float32).view(-1, 1, 1) / METRIC_CANONICAL_FOCAL
+
+    def warmup(self, views: int = 1, size: tuple[int, int] = (480, 640)) -> float:
+        """One inference on a blank frame (allocations, kernel selection); returns its time in ms."""
+        image = np.zeros((*size, 3), dtype=np.uint8)
+        K = np.array([[size[1], 0, size[1] / 2], [0, size[1], size[0] / 2], [0, 0, 1]], dtype=np.float64)
+        prepared = [self.prepare(image, K)] * (views if self.capabilities.multi_view else 1)
+        started = time.perf_counter()
+        self.predict(prepared, dense_views=[-1])
+        return (time.perf_counter() - started) * 1e3
+
+
+def _homogeneous(poses: np.ndarray) -> np.ndarray:
+    """(N, 3, 4) or (N, 4, 4) → (N, 4, 4)."""
+    if poses.shape[-2] == 4:
+        return poses
+    bottom = np.broadcast_to(np.array([0.0, 0.0, 0.0, 1.0]), (*poses.shape[:-2], 1, 4))
+    return np.concatenate([poses, bottom], axis=-2)
