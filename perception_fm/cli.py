@@ -1,0 +1,157 @@
+"""perception-fm: the command line.
+
+  perception-fm plugins                      installed models, their task, licence and what they miss
+  perception-fm up CONFIG                    start a graph config's nodes (launch-free; robots: ros2 launch)
+  perception-fm replay IN_BAG --config CONFIG --out OUT_BAG   offline, deterministic replay
+  perception-fm sample OUT_BAG               write the synthetic sample bag
+  perception-fm bench codec|da3              benchmarks
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+
+def cmd_plugins(args) -> int:
+    from perception_fm.plugin_manager import default_manager
+
+    entries = default_manager().models(args.task)
+    if args.json:
+        print(json.dumps([{"task": str(e.spec.task), "name": e.spec.name, "plugin": e.plugin,
+                           "license": e.spec.license, "weights": e.spec.default_weights,
+                           "summary": e.spec.summary, "missing": e.missing} for e in entries], indent=2))
+        return 0
+    rows = [(str(e.spec.task), e.spec.name, e.spec.license, e.plugin,
+             "ok" if not e.missing else "missing: " + ", ".join(e.missing)) for e in entries]
+    header = ("TASK", "MODEL", "LICENSE", "PLUGIN", "STATUS")
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_up(args) -> int:
+    """Start every node of the graph config as its own process (one model per process) and wait."""
+    from perception_fm.graph import load_graph
+
+    graph = load_graph(args.config)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="perception_fm_params_", delete=False) as params:
+        params.write(graph.ros_params_yaml())
+    commands = [[sys.executable, "-m", node.module, *node.ros_arguments(params.name)] for node in graph.nodes]
+    if args.dry_run:
+        print(graph.ros_params_yaml())
+        for command in commands:
+            print(" ".join(command))
+        os.unlink(params.name)
+        return 0
+    processes = [subprocess.Popen(command) for command in commands]
+
+    def stop(*_):
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        codes = [process.wait() for process in processes]
+    except KeyboardInterrupt:
+        stop()
+        codes = [process.wait() for process in processes]
+    finally:
+        os.unlink(params.name)
+    return max(codes, default=0)
+
+
+def cmd_replay(args) -> int:
+    from perception_fm.graph import load_graph
+    from perception_fm.replay.runner import REPORT_FILE, replay
+
+    graph = load_graph(args.config)
+    for node in graph.nodes:
+        if args.random_weights:
+            node.parameters["random_weights"] = True
+        if args.device:
+            node.parameters["device"] = args.device
+    report = replay(args.bag, graph, args.out, progress=not args.quiet)
+    for node in report.nodes:
+        labels = " (RANDOM WEIGHTS: outputs are not meaningful)" if node["weights"] == "random-init" else ""
+        print(f"{node['node']}: {node['model']} from {node['weights']}{labels} on {node['device']}: "
+              f"{node['processed']}/{node['frames']} frames, {node['inference_ms']['mean']:.0f} ms/frame mean, "
+              f"dropped {sum(node['dropped'].values())}")
+    print(f"wrote {args.out} ({sum(report.outputs.values())} messages) and {os.path.join(args.out, REPORT_FILE)} "
+          f"in {report.wall_s:.1f} s")
+    return 1 if report.bag_error else 0
+
+
+def cmd_sample(args) -> int:
+    from perception_fm.replay import synthetic
+
+    argv = [args.out, "--frames", str(args.frames), "--width", str(args.width), "--height", str(args.height)]
+    if args.force:
+        argv.append("--force")
+    return synthetic.main(argv) or 0
+
+
+def cmd_bench(args) -> int:
+    import importlib
+
+    module = importlib.import_module(f"perception_fm.bench.{args.suite}_bench")
+    return module.main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perception-fm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    plugins = sub.add_parser("plugins", help="list installed models")
+    plugins.add_argument("--task", help="only this task (depth, segmentation, ...)")
+    plugins.add_argument("--json", action="store_true")
+    plugins.set_defaults(func=cmd_plugins)
+
+    up = sub.add_parser("up", help="start the nodes of a graph config")
+    up.add_argument("config")
+    up.add_argument("--dry-run", action="store_true", help="print the commands and parameters only")
+    up.set_defaults(func=cmd_up)
+
+    replay = sub.add_parser("replay", help="replay a bag through a graph config offline")
+    replay.add_argument("bag")
+    replay.add_argument("--config", required=True)
+    replay.add_argument("--out", required=True, help="output bag directory (MCAP); must not exist")
+    replay.add_argument("--random-weights", action="store_true",
+                        help="run every model with random weights (plumbing checks without weights)")
+    replay.add_argument("--device", help="override every node's device parameter")
+    replay.add_argument("--quiet", action="store_true", help="no progress line")
+    replay.set_defaults(func=cmd_replay)
+
+    sample = sub.add_parser("sample", help="write the synthetic sample bag")
+    sample.add_argument("out")
+    sample.add_argument("--frames", type=int, default=48)
+    sample.add_argument("--width", type=int, default=320)
+    sample.add_argument("--height", type=int, default=240)
+    sample.add_argument("--force", action="store_true")
+    sample.set_defaults(func=cmd_sample)
+
+    bench = sub.add_parser("bench", help="benchmarks (figures, not tests)")
+    bench.add_argument("suite", choices=("codec", "da3"))
+    bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the suite (--help for its own)")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"perception-fm: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

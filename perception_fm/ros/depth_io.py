@@ -1,0 +1,192 @@
+"""The ROS side of the depth task, shared by the depth node and the offline replay: parameters → pipeline,
+input messages → pipeline → output messages. The node adds subscriptions, the latest-frame slot and
+publishers; the replay reads and writes bags. Neither decodes or encodes anything itself."""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from geometry_msgs.msg import TransformStamped
+from nav_msgs.msg import Path
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+
+from perception_fm.msg import DepthInfo
+from perception_fm.nodes.params import Param
+from perception_fm.pipelines.depth_pipeline import DepthInput, DepthOutput, DepthPipeline, DepthPipelineConfig
+from perception_fm.ros.camera_info import camera_info_to_intrinsics, check_image_size, make_camera_info
+from perception_fm.ros.cloud_codec import xyzrgb_to_pointcloud2
+from perception_fm.ros.image_codec import compressed_to_rgb8, image_to_rgb8, numpy_to_image
+from perception_fm.ros.qos import PROFILES
+from perception_fm.ros.tf import make_pose_stamped, make_transform, stamp_to_ns
+
+# Parameters of the depth node (besides perception_fm.nodes.params.MODEL_PARAMS); the replay reads the same.
+DEPTH_PARAMS = (
+    # model-specific (a change reloads the model)
+    Param("process_res", 504, "Longest image side the model works at (rounded to multiples of 14).", min=14, max=4096),
+    Param("pose_method", "camera_head", "Pose estimation: camera_head (fast) or ray (ray map + DLT/RQ solve).",
+          choices=("camera_head", "ray")),
+    # pipeline
+    Param("window_size", 1, "Views per model call: 1 = each frame alone; N > 1 = the last N-1 keyframes plus the "
+                            "current frame (multi-view models), poses chained into one trajectory.", min=1, max=64),
+    Param("keyframe_every", 5, "A frame becomes a keyframe when this many frames passed since the last one.", min=1),
+    Param("keyframe_min_translation", 0.0, "...or when it moved this far from the last keyframe (0 = off).", min=0.0),
+    Param("keyframe_min_rotation_deg", 0.0, "...or when it turned this many degrees (0 = off).", min=0.0),
+    Param("condition_on_known_poses", True, "Feed known poses (known_pose_frame) to models that accept them."),
+    Param("confidence_threshold", 0.0, "Cloud points with a lower confidence are dropped (0 = keep all).", min=0.0),
+    Param("cloud_stride", 1, "Keep every n-th pixel (both directions) in the point cloud.", min=1, max=64),
+    Param("max_cloud_depth", 0.0, "Drop cloud points beyond this depth (0 = no limit).", min=0.0),
+    Param("max_path_length", 1000, "Poses kept in camera_path.", min=1),
+    # frames
+    Param("world_frame", "da3_world", "Parent frame of the estimated camera pose. With known poses, set it to "
+                                      "known_pose_frame so that estimates live in that frame."),
+    Param("estimated_frame", "da3_camera", "Child frame published for the estimated camera (optical) pose."),
+    Param("attach_image_frame", False, "Also publish estimated_frame -> <image frame_id> (identity), so clouds "
+                                       "show under world_frame when nothing else places the camera (camera-only "
+                                       "streams). Leave false on robots with their own TF tree.", read_only=True),
+    Param("known_pose_frame", "", "Frame in which the camera's pose is known from TF (e.g. odom); empty = none."),
+    Param("known_pose_timeout", 0.05, "Seconds to wait for TF at the image stamp before going on without it.",
+          min=0.0, max=5.0),
+    # transport
+    Param("image_transport", "raw", "raw: sensor_msgs/Image on `image`; compressed: CompressedImage on "
+                                    "`image/compressed`.", choices=("raw", "compressed"), read_only=True),
+    Param("input_qos", "sensor_data", "QoS of the image/camera_info subscriptions.", choices=PROFILES, read_only=True),
+    Param("output_qos", "reliable", "QoS of the published topics.", choices=PROFILES, read_only=True),
+    Param("publish_confidence", True, "Publish depth/confidence when the model predicts it."),
+    Param("publish_points", True, "Publish the point cloud."),
+)
+
+
+# Topic names relative to the node's namespace (remap them in launch files / config).
+TOPIC_DEPTH = "depth/image"
+TOPIC_CONFIDENCE = "depth/confidence"
+TOPIC_DEPTH_INFO = "depth/info"
+TOPIC_DEPTH_CAMERA_INFO = "depth/camera_info"
+TOPIC_POINTS = "points"
+TOPIC_PATH = "camera_path"
+
+
+@dataclass(frozen=True)
+class DepthFrames:
+    world_frame: str  # parent of the estimated camera frame (REP 105: e.g. odom when known poses come from it)
+    estimated_frame: str  # the estimated camera (optical) frame; never the camera's own frame
+    attach_image_frame: bool  # also publish estimated_frame -> image frame (identity) for camera-only streams
+
+
+@dataclass
+class DepthMessages:
+    depth: Image
+    info: DepthInfo
+    camera_info: CameraInfo | None
+    confidence: Image | None
+    points: PointCloud2 | None
+    transform: TransformStamped | None
+    path: Path | None
+    static_transform: TransformStamped | None = None  # attach_image_frame, once per image frame
+
+
+def ns_to_time(stamp_ns: int) -> Time:
+    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
+
+
+class PathBuilder:
+    """nav_msgs/Path of the estimated trajectory, the last `max_poses` poses; each pose is converted once."""
+
+    def __init__(self, max_poses: int):
+        self._poses: deque = deque(maxlen=max(1, max_poses))
+
+    def clear(self) -> None:
+        self._poses.clear()
+
+    def add(self, camera_to_world: np.ndarray, frame_id: str, stamp) -> Path:
+        self._poses.append(make_pose_stamped(camera_to_world, frame_id, stamp))
+        path = Path()
+        path.header.stamp = stamp
+        path.header.frame_id = frame_id
+        path.poses = list(self._poses)
+        return path
+
+
+def depth_messages(output: DepthOutput, header: Header, frames: DepthFrames, *, model: str, weights: str,
+                   path_builder: PathBuilder | None = None) -> DepthMessages:
+    """All messages for one frame, stamped with the input image's header (stamp and optical frame_id)."""
+    height, width = output.depth.shape
+    info = DepthInfo(
+        header=header, model=model, weights=weights, is_metric=output.is_metric, scale_source=output.scale_source,
+        scale=float(output.scale), pose_method=output.pose_method, window_size=output.window_size,
+        view_index=output.view_index, inference_ms=float(output.inference_ms),
+    )
+    camera_info = make_camera_info(output.intrinsics, width, height, header) if output.intrinsics is not None else None
+    points = None
+    if output.intrinsics is not None:
+        points = xyzrgb_to_pointcloud2(output.points, output.colors, header)
+    transform = path = None
+    if output.camera_to_world is not None:
+        transform = make_transform(output.camera_to_world, frames.world_frame, frames.estimated_frame, header.stamp)
+        if path_builder is not None:
+            path = path_builder.add(output.camera_to_world, frames.world_frame, header.stamp)
+    return DepthMessages(
+        depth=numpy_to_image(output.depth, "32FC1", header),
+        info=info,
+        camera_info=camera_info,
+        confidence=numpy_to_image(output.confidence, "32FC1", header) if output.confidence is not None else None,
+        points=points,
+        transform=transform,
+        path=path,
+    )
+
+
+def attach_transform(frames: DepthFrames, image_frame: str, stamp) -> TransformStamped:
+    """Identity estimated_frame → image frame: makes clouds/depth in the image's optical frame displayable
+    under world_frame when nothing else gives the image frame a parent (camera-only streams and bags)."""
+    return make_transform(np.eye(4), frames.estimated_frame, image_frame, stamp)
+
+
+class DepthFrameHandler:
+    """One camera stream through the depth pipeline: Image/CompressedImage (+ CameraInfo, + known pose) in,
+    DepthMessages out. `known_pose(image_frame, stamp_ns)` returns the camera's known pose or None."""
+
+    def __init__(self, model, values: dict, known_pose: Callable[[str, int], np.ndarray | None] | None = None):
+        self.model = model
+        self.pipeline = DepthPipeline(model, pipeline_config(values, model))
+        self.frames = DepthFrames(values["world_frame"], values["estimated_frame"], values["attach_image_frame"])
+        self.path_builder = PathBuilder(values["max_path_length"])
+        self._known_pose = known_pose if values["known_pose_frame"] else None
+        self._attached: set[str] = set()
+
+    def handle(self, message, camera_info: CameraInfo | None) -> tuple[DepthOutput, DepthMessages]:
+        """Raises BadInputError for messages that cannot be processed (the caller counts the drop)."""
+        header = message.header
+        rgb = compressed_to_rgb8(message) if isinstance(message, CompressedImage) else image_to_rgb8(message)
+        intrinsics = None
+        if camera_info is not None:
+            camera = camera_info_to_intrinsics(camera_info)
+            check_image_size(camera, rgb.shape[:2])
+            intrinsics = camera.K
+        stamp_ns = stamp_to_ns(header.stamp)
+        known = self._known_pose(header.frame_id, stamp_ns) if self._known_pose else None
+        output = self.pipeline.process(DepthInput(rgb, stamp_ns, intrinsics, known))
+        if output.new_sequence:
+            self.path_builder.clear()
+        messages = depth_messages(output, header, self.frames, model=self.model.name, weights=self.model.weights,
+                                  path_builder=self.path_builder)
+        if self.frames.attach_image_frame and header.frame_id and header.frame_id not in self._attached:
+            self._attached.add(header.frame_id)
+            messages.static_transform = attach_transform(self.frames, header.frame_id, header.stamp)
+        return output, messages
+
+
+def pipeline_config(values: dict, model) -> DepthPipelineConfig:
+    """DepthPipelineConfig from depth node parameter values."""
+    return DepthPipelineConfig(
+        window_size=values["window_size"], keyframe_every=values["keyframe_every"],
+        keyframe_min_translation=values["keyframe_min_translation"],
+        keyframe_min_rotation_deg=values["keyframe_min_rotation_deg"],
+        pose_method=values["pose_method"] if model.capabilities.pose_methods else "",
+        condition_on_known_poses=values["condition_on_known_poses"],
+        confidence_threshold=values["confidence_threshold"], cloud_stride=values["cloud_stride"],
+        max_cloud_depth=values["max_cloud_depth"],
+    )
