@@ -8,3 +8,18 @@ import random
 
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def da3_small_checkpoint(tmp_path_factory):
+    """The real DA3-Small architecture with random weights, saved in the hub layout (config.json +
+    model.safetensors) so tests load it through the plugin's real loading code. Returns the directory."""
+    import torch
+
+    from perception_fm.plugins.da3 import build_network, save_pretrained
+
+    torch.manual_seed(1234)
+    net = build_network("da3-small")
+    return save_pretrained(net, tmp_path_factory.mktemp("da3-small"), "da3-small")

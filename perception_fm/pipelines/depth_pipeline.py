@@ -5,13 +5,14 @@ Modes
 - window_size == 1: each frame alone. Depth (metric for metric models, relative otherwise); no pose
   unless a known pose is given.
 - window_size > 1 (multi-view models): the model sees the last window_size - 1 keyframes plus the current
-  frame. Each call's poses come in that call's own frame and scale; they are chained into one trajectory by
-  a Sim(3) fitted on the keyframes that already have trajectory poses (orientations + centres, so two views
-  or collinear motion suffice). Relative depth is multiplied by the same scale, so depth, clouds and poses
-  stay consistent across windows (in the first window's scale, or in the known poses' units).
+  frame. Each call's poses and depth come in that call's own frame and scale. The scale to the trajectory is
+  the median ratio of the keyframes' depth as published to their depth in this call (one shared view is
+  enough, and it does not need the camera to move); rotation and translation come from the keyframes'
+  trajectory poses (orientations + centres, so a single keyframe or collinear motion suffice). Depth, clouds
+  and poses so stay consistent across windows, in the scale of the stream's first frame.
 - known poses (e.g. odometry from TF): when every view of the window has one and the model accepts them,
   they condition the network; in any case they anchor the chain, which puts estimates in the known frame and
-  gives relative models a metric scale.
+  gives relative models the known poses' scale (metres for odometry) once the camera has moved.
 
 Memory is bounded: a fixed number of keyframes (preprocessed on the model's device), nothing else per frame.
 """
@@ -73,12 +74,16 @@ class DepthOutput:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+# Keyframes keep their published depth subsampled by this step, for the scale ratio of later windows.
+SCALE_SAMPLE_STEP = 4
+
+
 @dataclass
 class _Keyframe:
     view: PreparedView
     camera_to_world: np.ndarray  # trajectory pose
     known_camera_to_world: np.ndarray | None
-    stamp_ns: int
+    depth_sample: np.ndarray  # published depth [::SCALE_SAMPLE_STEP, ::SCALE_SAMPLE_STEP]
 
 
 class DepthPipeline:
@@ -130,29 +135,32 @@ class DepthPipeline:
             and all(known is not None for known in knowns)
             and all(v.intrinsics is not None for v in views)
         )
+        # Relative models chained on keyframes need the keyframes' depth in this call for the scale ratio.
+        chain_on_depth = (len(views) > 1 and not self.model.capabilities.metric
+                          and all(known is None for known in knowns))
         prepared = time.perf_counter()
         prediction = self.model.predict(
             views,
-            dense_views=[len(views) - 1],
+            dense_views=None if chain_on_depth else [len(views) - 1],
             known_world_to_camera=invert_pose(np.stack(knowns)) if condition else None,
             pose_method=self.config.pose_method or None,
         )
         predicted = time.perf_counter()
 
-        camera_to_world, pose_method = self._pose(prediction, knowns, frame)
+        camera_to_world, pose_method = self._pose(prediction, knowns, frame, chain_on_depth)
         metric = prediction.is_metric or self._scale_source == SCALE_KNOWN_POSES
-        depth = prediction.depth[0]
+        depth = prediction.depth[-1]
         if not prediction.is_metric and self._scale != 1.0:
             depth = depth * np.float32(self._scale)
         if prediction.sky is not None:
-            depth = np.where(prediction.sky[0], np.float32(np.inf), depth)
-        confidence = prediction.confidence[0] if prediction.confidence is not None else None
+            depth = np.where(prediction.sky[-1], np.float32(np.inf), depth)
+        confidence = prediction.confidence[-1] if prediction.confidence is not None else None
 
         K = view.intrinsics
         if K is None and prediction.intrinsics is not None:
             K = prediction.intrinsics[-1]
         points, colors = self._cloud(frame.image, depth, confidence, K)
-        keyframe = self._update_keyframes(view, camera_to_world, frame)
+        keyframe = self._update_keyframes(view, camera_to_world, frame, depth)
         new_sequence, self._new_sequence = self._new_sequence, False
         done = time.perf_counter()
         return DepthOutput(
@@ -167,31 +175,44 @@ class DepthPipeline:
 
     # -- poses --------------------------------------------------------------------------------------------
 
-    def _pose(self, prediction, knowns, frame: DepthInput) -> tuple[np.ndarray | None, str]:
-        """Trajectory pose of the current frame; updates the chain scale."""
+    def _pose(self, prediction, knowns, frame: DepthInput, chain_on_depth: bool) -> tuple[np.ndarray | None, str]:
+        """Trajectory pose of the current frame; updates the running scale (window -> trajectory)."""
         metric_model = self.model.capabilities.metric
         if prediction.world_to_camera is None or len(knowns) == 1:
             if frame.known_camera_to_world is not None:
                 return frame.known_camera_to_world, "known"
             if self.config.window_size > 1:
-                # First frame of a multi-view stream: it defines the trajectory's origin.
+                # First frame of a multi-view stream: it defines the trajectory's origin and scale.
                 return np.eye(4), prediction.pose_method
             return None, "none"
         window_camera_to_world = invert_pose(prediction.world_to_camera)
         known_anchors = {i: known for i, known in enumerate(knowns) if known is not None}
         if known_anchors:
-            anchors = known_anchors
+            # Known poses fix the frame, and (once the camera moved) the scale.
+            chained, sim3, determined = chain_window(
+                window_camera_to_world, known_anchors, scale=1.0 if metric_model else None,
+                fallback_scale=self._scale)
+            if determined:
+                self._scale, self._scale_source = float(sim3.scale), SCALE_KNOWN_POSES
         else:
+            if chain_on_depth:
+                self._scale = self._depth_ratio(prediction, fallback=self._scale)
             anchors = {i: keyframe.camera_to_world for i, keyframe in enumerate(self._keyframes)}
-        chained, sim3, determined = chain_window(
-            window_camera_to_world, anchors, fix_scale=metric_model, fallback_scale=self._scale
-        )
-        if not metric_model and determined:
-            self._scale = float(sim3.scale)
-            self._scale_source = SCALE_KNOWN_POSES if known_anchors else SCALE_WINDOW_CHAIN
+            chained, _, _ = chain_window(window_camera_to_world, anchors,
+                                         scale=1.0 if metric_model else self._scale)
         return chained[-1], prediction.pose_method
 
-    def _update_keyframes(self, view: PreparedView, camera_to_world, frame: DepthInput) -> bool:
+    def _depth_ratio(self, prediction, fallback: float) -> float:
+        """Median of (keyframe depth as published) / (its depth in this call) over the keyframes' pixels."""
+        step = SCALE_SAMPLE_STEP
+        published = np.concatenate([keyframe.depth_sample.ravel() for keyframe in self._keyframes])
+        predicted = np.concatenate([prediction.depth[i][::step, ::step].ravel() for i in range(len(self._keyframes))])
+        valid = np.isfinite(published) & np.isfinite(predicted) & (published > 0) & (predicted > 0)
+        if not valid.any():
+            return fallback
+        return float(np.median(published[valid] / predicted[valid]))
+
+    def _update_keyframes(self, view: PreparedView, camera_to_world, frame: DepthInput, depth: np.ndarray) -> bool:
         if self.config.window_size == 1:
             return False
         self._since_keyframe += 1
@@ -205,7 +226,8 @@ class DepthPipeline:
                 0 < self.config.keyframe_min_rotation_deg <= turned)
         if take:
             pose = camera_to_world if camera_to_world is not None else np.eye(4)
-            self._keyframes.append(_Keyframe(view, pose, frame.known_camera_to_world, frame.stamp_ns))
+            sample = depth[::SCALE_SAMPLE_STEP, ::SCALE_SAMPLE_STEP].copy()
+            self._keyframes.append(_Keyframe(view, pose, frame.known_camera_to_world, sample))
             self._since_keyframe = 0
         return take
 

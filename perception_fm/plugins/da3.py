@@ -122,14 +122,25 @@ def build_network(name: str):
     return create_object(load_config(MODEL_REGISTRY[name]))
 
 
+def _tied_groups(net) -> list[list[str]]:
+    """Names of state-dict tensors that share storage (tied parameters, e.g. DA3's auxiliary output convs)."""
+    groups: dict[tuple, list[str]] = {}
+    for key, value in net.state_dict().items():
+        groups.setdefault((value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape)), []).append(key)
+    return [keys for keys in groups.values() if len(keys) > 1]
+
+
 def save_pretrained(net, directory: str | os.PathLike, name: str) -> Path:
-    """Write `net` in the hub layout (config.json + model.safetensors with the ``model.`` prefix)."""
+    """Write `net` in the hub layout (config.json + model.safetensors with the ``model.`` prefix). Tied
+    tensors are stored once (safetensors refuses shared storage); loading fills the others."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(json.dumps({"model_name": name}))
-    state = {STATE_PREFIX + key: value.detach().contiguous() for key, value in net.state_dict().items()}
+    duplicates = {key for group in _tied_groups(net) for key in group[1:]}
+    state = {STATE_PREFIX + key: value.detach().contiguous()
+             for key, value in net.state_dict().items() if key not in duplicates}
     save_file(state, str(directory / WEIGHTS_FILE))
     return directory
 
@@ -183,10 +194,13 @@ def load_state(net, directory: Path) -> None:
     state = load_file(str(directory / WEIGHTS_FILE), device="cpu")
     state = {key[len(STATE_PREFIX):] if key.startswith(STATE_PREFIX) else key: value for key, value in state.items()}
     result = net.load_state_dict(state, strict=False)
-    if result.missing_keys:
-        shown = ", ".join(result.missing_keys[:8])
+    # A tied tensor is loaded when any tensor of its group is in the file.
+    loaded_through_tie = {key for group in _tied_groups(net) if any(k in state for k in group) for key in group}
+    missing = [key for key in result.missing_keys if key not in loaded_through_tie]
+    if missing:
+        shown = ", ".join(missing[:8])
         raise WeightsMismatchError(
-            f"{directory / WEIGHTS_FILE} lacks {len(result.missing_keys)} of the network's tensors "
+            f"{directory / WEIGHTS_FILE} lacks {len(missing)} of the network's tensors "
             f"(e.g. {shown}); refusing to run with those left random"
         )
     if result.unexpected_keys:

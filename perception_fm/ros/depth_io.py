@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from builtin_interfaces.msg import Time
 from geometry_msgs.msg import TransformStamped
 from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -86,10 +85,6 @@ class DepthMessages:
     transform: TransformStamped | None
     path: Path | None
     static_transform: TransformStamped | None = None  # attach_image_frame, once per image frame
-
-
-def ns_to_time(stamp_ns: int) -> Time:
-    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
 
 
 class PathBuilder:

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseStamped, Transform, TransformStamped
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from scipy.spatial.transform import Rotation, Slerp
@@ -86,6 +87,10 @@ def make_pose_stamped(matrix: np.ndarray, frame_id: str, stamp) -> PoseStamped:
 
 def stamp_to_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def ns_to_time(stamp_ns: int) -> Time:
+    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
 
 
 # -- buffer -------------------------------------------------------------------------------------------------

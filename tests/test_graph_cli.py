@@ -1,0 +1,93 @@
+"""Graph configs (shared by launch files, `perception-fm up` and `replay`) and the CLI around them."""
+import py_compile
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from perception_fm.cli import main
+from perception_fm.graph import load_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "config").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_bundled_configs_are_valid(path):
+    graph = load_graph(path)
+    for node in graph.nodes:
+        values = node.resolved_parameters()
+        assert values["model"], "every bundled config names its model"
+        assert node.topic("image").startswith("/")
+
+
+def write(tmp_path, document) -> Path:
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_parameter_typo_and_bad_values_are_rejected_with_the_node_name(tmp_path):
+    with pytest.raises(ValueError, match=r"node 'depth_node'.*unknown parameter\(s\) windw_size"):
+        load_graph(write(tmp_path, {"nodes": {"depth_node": {"parameters": {"windw_size": 3}}}}))
+    with pytest.raises(ValueError, match="window_size.*>= 1"):
+        load_graph(write(tmp_path, {"nodes": {"depth_node": {"parameters": {"window_size": 0}}}}))
+    with pytest.raises(ValueError, match="pose_method.*camera_head, ray"):
+        load_graph(write(tmp_path, {"nodes": {"depth_node": {"parameters": {"pose_method": "magic"}}}}))
+    with pytest.raises(ValueError, match="unknown executable 'mapper_node'"):
+        load_graph(write(tmp_path, {"nodes": {"x": {"executable": "mapper_node"}}}))
+    with pytest.raises(ValueError, match="non-empty 'nodes'"):
+        load_graph(write(tmp_path, {"nodes": {}}))
+
+
+def test_topics_resolve_through_remappings_and_namespace(tmp_path):
+    graph = load_graph(write(tmp_path, {"nodes": {"depth_node": {
+        "namespace": "front", "remappings": {"image": "/cam/image"}, "parameters": {"window_size": 2}}}}))
+    node = graph.nodes[0]
+    assert node.topic("image") == "/cam/image"
+    assert node.topic("depth/image") == "/front/depth/image"
+    params = yaml.safe_load(graph.ros_params_yaml())
+    assert params == {"/front/depth_node": {"ros__parameters": {"window_size": 2}}}
+
+
+def test_up_dry_run_prints_one_process_per_node_with_ros_arguments(tmp_path, capsys):
+    config = write(tmp_path, {"nodes": {"depth_node": {
+        "remappings": {"image": "/cam/image", "camera_info": "/cam/info"}, "parameters": {"model": "da3-small"}}}})
+    assert main(["up", str(config), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    command = next(line for line in out.splitlines() if "perception_fm.nodes.depth_node" in line)
+    assert "-r __node:=depth_node" in command and "-r image:=/cam/image" in command
+    assert "--params-file" in command
+
+
+def test_cli_reports_config_errors_without_a_traceback(tmp_path):
+    config = write(tmp_path, {"nodes": {"depth_node": {"parameters": {"device": 3}}}})
+    result = subprocess.run([sys.executable, "-m", "perception_fm.cli", "up", str(config), "--dry-run"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "device" in result.stderr and "must be str" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "launch").glob("*.launch.py")), ids=lambda p: p.name)
+def test_launch_files_compile(path):
+    py_compile.compile(str(path), doraise=True)
+
+
+def test_launch_file_builds_the_graph_where_ros2_launch_exists():
+    pytest.importorskip("launch_ros", reason="launch_ros comes from a ROS distro (apt), not from PyPI")
+    import importlib.util
+
+    from launch import LaunchContext
+    from launch_ros.actions import Node
+
+    spec = importlib.util.spec_from_file_location("perception_launch", ROOT / "launch" / "perception.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    context = LaunchContext()
+    context.launch_configurations.update({"config": str(ROOT / "config" / "depth.yaml"), "use_sim_time": "true"})
+    opaque = next(entity for entity in description.entities if type(entity).__name__ == "OpaqueFunction")
+    nodes = opaque.execute(context)
+    assert [type(n) for n in nodes] == [Node]

@@ -1,0 +1,362 @@
+"""numpy ⇄ sensor_msgs/Image and CompressedImage."""
+import array
+
+import cv2
+import numpy as np
+import pytest
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+
+from perception_fm.errors import BadInputError
+from perception_fm.ros.image_codec import (
+    ENCODINGS,
+    compressed_to_rgb8,
+    image_to_numpy,
+    image_to_rgb8,
+    numpy_to_image,
+    rgb8_to_compressed,
+)
+
+RNG = np.random.default_rng(7)
+
+
+def random_pixels(encoding: str, height: int = 5, width: int = 6) -> np.ndarray:
+    channels, dtype = ENCODINGS[encoding]
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    if dtype.kind == "f":
+        return RNG.standard_normal(shape).astype(dtype)
+    info = np.iinfo(dtype)
+    return RNG.integers(info.min, info.max, size=shape, endpoint=True, dtype=dtype)
+
+
+def raw_message(encoding: str, height: int, width: int, step: int, data: bytes, bigendian: int = 0) -> Image:
+    msg = Image()
+    msg.height, msg.width, msg.step, msg.encoding, msg.is_bigendian = height, width, step, encoding, bigendian
+    msg.data = array.array("B", data)
+    return msg
+
+
+def reason(excinfo) -> str:
+    return excinfo.value.reason
+
+
+# -- layout ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding", sorted(ENCODINGS))
+def test_round_trip_every_encoding(encoding):
+    pixels = random_pixels(encoding)
+    msg = numpy_to_image(pixels, encoding)
+    channels, dtype = ENCODINGS[encoding]
+    assert (msg.height, msg.width, msg.encoding, msg.is_bigendian) == (5, 6, encoding, 0)
+    assert msg.step == 6 * channels * dtype.itemsize
+    assert len(msg.data) == msg.step * 5
+    decoded = image_to_numpy(msg)
+    assert decoded.dtype == dtype and decoded.shape == pixels.shape
+    np.testing.assert_array_equal(decoded, pixels)
+
+
+def test_decode_is_a_view_and_data_is_the_array_rclpy_keeps():
+    pixels = random_pixels("32FC1", 4, 3)
+    msg = numpy_to_image(pixels, "32FC1")
+    assert isinstance(msg.data, array.array) and msg.data.typecode == "B"
+    decoded = image_to_numpy(msg)
+    assert np.shares_memory(decoded, np.frombuffer(msg.data, np.uint8))
+    # known bytes: little-endian float32
+    assert bytes(msg.data[:4]) == np.float32(pixels[0, 0]).astype("<f4").tobytes()
+
+
+def test_header_and_float64_to_32fc1():
+    header = Header(frame_id="cam")
+    header.stamp.sec = 12
+    msg = numpy_to_image(np.full((2, 3), 1.5, dtype=np.float64), "32FC1", header)
+    assert msg.header.frame_id == "cam" and msg.header.stamp.sec == 12
+    assert image_to_numpy(msg).dtype == np.float32
+    np.testing.assert_array_equal(image_to_numpy(msg), np.full((2, 3), 1.5, np.float32))
+
+
+def test_builder_accepts_single_channel_last_axis_and_non_contiguous():
+    pixels = random_pixels("mono16", 4, 8)
+    np.testing.assert_array_equal(image_to_numpy(numpy_to_image(pixels[:, :, None], "mono16")), pixels)
+    strided = random_pixels("rgb8", 6, 8)[::2, ::2]
+    np.testing.assert_array_equal(image_to_numpy(numpy_to_image(strided, "rgb8")), strided)
+
+
+def test_builder_rejects_wrong_dtype_and_shape():
+    with pytest.raises(BadInputError) as excinfo:
+        numpy_to_image(np.zeros((2, 2, 3), np.float32), "rgb8")
+    assert reason(excinfo) == "encoding" and "float32" in str(excinfo.value)
+    with pytest.raises(BadInputError) as excinfo:
+        numpy_to_image(np.zeros((2, 2, 4), np.uint8), "rgb8")
+    assert reason(excinfo) == "encoding" and "(2, 2, 4)" in str(excinfo.value)
+    with pytest.raises(BadInputError) as excinfo:
+        numpy_to_image(np.zeros((0, 2), np.uint8), "mono8")
+    assert reason(excinfo) == "empty"
+    with pytest.raises(BadInputError) as excinfo:
+        numpy_to_image(np.zeros((2, 2), np.uint8), "rgb9")
+    assert reason(excinfo) == "encoding" and "rgb9" in str(excinfo.value)
+
+
+def test_padded_rows():
+    pixels = random_pixels("rgb8", 3, 4)
+    step = 4 * 3 + 5
+    data = b"".join(row.tobytes() + b"\xee" * 5 for row in pixels)
+    decoded = image_to_numpy(raw_message("rgb8", 3, 4, step, data))
+    np.testing.assert_array_equal(decoded, pixels)
+    assert decoded.strides[0] == step  # a view, not a copy
+
+
+def test_padded_rows_with_odd_step_for_16_bit():
+    pixels = random_pixels("mono16", 3, 4)
+    step = 4 * 2 + 3  # rows start at odd addresses
+    data = b"".join(row.astype("<u2").tobytes() + b"\x01\x02\x03" for row in pixels)
+    msg = raw_message("mono16", 3, 4, step, data)
+    np.testing.assert_array_equal(image_to_numpy(msg), pixels)
+    np.testing.assert_array_equal(image_to_rgb8(msg)[..., 0], (pixels >> 8).astype(np.uint8))
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1", "16SC1", "32SC1", "32FC1", "64FC1", "16UC3"])
+def test_big_endian(encoding):
+    pixels = random_pixels(encoding, 3, 5)
+    big = pixels.astype(pixels.dtype.newbyteorder(">"))
+    row = pixels[0].nbytes
+    msg = raw_message(encoding, 3, 5, row, big.tobytes(), bigendian=1)
+    decoded = image_to_numpy(msg)
+    assert decoded.dtype == ENCODINGS[encoding].dtype  # native order out
+    np.testing.assert_array_equal(decoded, pixels)
+
+
+def test_big_endian_flag_ignored_for_bytes():
+    pixels = random_pixels("rgb8", 2, 2)
+    np.testing.assert_array_equal(image_to_numpy(raw_message("rgb8", 2, 2, 6, pixels.tobytes(), 1)), pixels)
+
+
+def test_serialized_round_trip():
+    pixels = random_pixels("32FC1", 6, 7)
+    received = deserialize_message(serialize_message(numpy_to_image(pixels, "32FC1")), Image)
+    np.testing.assert_array_equal(image_to_numpy(received), pixels)
+
+
+def test_data_as_bytes_object():
+    msg = Image(height=1, width=2, step=2, encoding="mono8")
+    msg.data = b"\x05\x07"
+    np.testing.assert_array_equal(image_to_numpy(msg), [[5, 7]])
+
+
+# -- malformed messages ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "encoding, height, width, step, size, expected",
+    [
+        ("rgb9", 2, 2, 6, 12, "encoding"),
+        ("", 2, 2, 6, 12, "encoding"),
+        ("rgb8", 0, 2, 6, 0, "empty"),
+        ("rgb8", 2, 0, 0, 0, "empty"),
+        ("rgb8", 2, 2, 5, 12, "step"),  # step < width * 3
+        ("32FC1", 2, 2, 7, 14, "step"),
+        ("rgb8", 2, 2, 6, 11, "size"),  # data shorter than step * height
+        ("rgb8", 2, 2, 8, 14, "size"),  # padded rows, last row short
+        ("mono16", 3, 3, 6, 0, "size"),
+    ],
+)
+def test_malformed(encoding, height, width, step, size, expected):
+    msg = raw_message(encoding, height, width, step, bytes(size))
+    with pytest.raises(BadInputError) as excinfo:
+        image_to_numpy(msg)
+    assert reason(excinfo) == expected
+    with pytest.raises(BadInputError):
+        image_to_rgb8(msg)
+
+
+def test_malformed_messages_name_the_values():
+    with pytest.raises(BadInputError, match=r"step 5 .* width 2 .* = 6"):
+        image_to_numpy(raw_message("rgb8", 2, 2, 5, bytes(12)))
+    with pytest.raises(BadInputError, match=r"needs 12 bytes, data has 11"):
+        image_to_numpy(raw_message("rgb8", 2, 2, 6, bytes(11)))
+
+
+def test_longer_data_is_accepted():
+    pixels = random_pixels("mono8", 2, 3)
+    np.testing.assert_array_equal(image_to_numpy(raw_message("mono8", 2, 3, 3, pixels.tobytes() + b"xx")), pixels)
+
+
+# -- to RGB ---------------------------------------------------------------------------------------------------
+
+def test_rgb8_is_returned_without_copy():
+    pixels = random_pixels("rgb8", 4, 5)
+    msg = numpy_to_image(pixels, "rgb8")
+    rgb = image_to_rgb8(msg)
+    assert np.shares_memory(rgb, np.frombuffer(msg.data, np.uint8))
+    np.testing.assert_array_equal(rgb, pixels)
+
+
+@pytest.mark.parametrize("encoding, pixel", [
+    ("bgr8", [30, 100, 200]),
+    ("rgba8", [200, 100, 30, 7]),
+    ("bgra8", [30, 100, 200, 7]),
+    ("rgb16", [200 * 256 + 255, 100 * 256, 30 * 256 + 1]),
+    ("bgr16", [30 * 256, 100 * 256, 200 * 256]),
+    ("rgba16", [200 * 256, 100 * 256, 30 * 256, 5]),
+    ("bgra16", [30 * 256, 100 * 256, 200 * 256, 5]),
+])
+def test_colour_orders(encoding, pixel):
+    channels, dtype = ENCODINGS[encoding]
+    image = np.tile(np.array(pixel, dtype=dtype), (3, 4, 1))
+    rgb = image_to_rgb8(numpy_to_image(image, encoding))
+    assert rgb.dtype == np.uint8 and rgb.shape == (3, 4, 3)
+    assert (rgb == [200, 100, 30]).all()
+
+
+@pytest.mark.parametrize("encoding", ["mono8", "8UC1"])
+def test_mono8(encoding):
+    gray = random_pixels("mono8", 3, 4)
+    rgb = image_to_rgb8(numpy_to_image(gray, encoding))
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], gray)
+
+
+@pytest.mark.parametrize("encoding", ["mono16", "16UC1"])
+def test_mono16_scaled_to_8_bit(encoding):
+    gray = np.array([[0, 255, 256, 65535], [1000, 32768, 40000, 512]], dtype=np.uint16)
+    rgb = image_to_rgb8(numpy_to_image(gray, encoding))
+    expected = np.array([[0, 0, 1, 255], [3, 128, 156, 2]], dtype=np.uint8)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], expected)
+
+
+@pytest.mark.parametrize("encoding", ["32FC1", "16SC1", "8UC3", "8UC4", "64FC1"])
+def test_no_colour_meaning(encoding):
+    with pytest.raises(BadInputError) as excinfo:
+        image_to_rgb8(numpy_to_image(random_pixels(encoding, 2, 2), encoding))
+    assert reason(excinfo) == "encoding" and encoding in str(excinfo.value)
+
+
+def mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """Sample `rgb` through a Bayer filter named as ROS names it: the colours of the top-left 2x2 block."""
+    channel = {"r": 0, "g": 1, "b": 2}
+    raw = np.empty(rgb.shape[:2], dtype=rgb.dtype)
+    for index, colour in enumerate(pattern):
+        dy, dx = divmod(index, 2)
+        raw[dy::2, dx::2] = rgb[dy::2, dx::2, channel[colour]]
+    return raw
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_flat_colour(pattern):
+    rgb = np.empty((12, 16, 3), np.uint8)
+    rgb[...] = (200, 100, 30)
+    msg = numpy_to_image(mosaic(rgb, pattern), f"bayer_{pattern}8")
+    np.testing.assert_array_equal(image_to_numpy(msg), mosaic(rgb, pattern))  # raw, (H, W)
+    out = image_to_rgb8(msg)
+    assert out.shape == (12, 16, 3)
+    np.testing.assert_array_equal(out[2:-2, 2:-2], rgb[2:-2, 2:-2])
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_smooth_image_and_16_bit(pattern):
+    v, u = np.mgrid[0:24, 0:32]
+    rgb = np.stack([100 + 2 * u, 60 + 3 * v, 200 - u - v], axis=-1).astype(np.uint8)
+    out = image_to_rgb8(numpy_to_image(mosaic(rgb, pattern), f"bayer_{pattern}8"))
+    error = np.abs(out[2:-2, 2:-2].astype(int) - rgb[2:-2, 2:-2])
+    assert error.max() <= 2, error.max()
+    rgb16 = rgb.astype(np.uint16) * 256
+    out16 = image_to_rgb8(numpy_to_image(mosaic(rgb16, pattern), f"bayer_{pattern}16"))
+    assert np.abs(out16[2:-2, 2:-2].astype(int) - rgb[2:-2, 2:-2]).max() <= 2
+
+
+def test_yuv422_layouts():
+    # four pixels: Y, and U/V shared by each pair
+    y = np.array([50, 200, 90, 160], np.uint8)
+    u = np.array([100, 180], np.uint8)
+    v = np.array([200, 60], np.uint8)
+    uyvy = np.empty((1, 4, 2), np.uint8)
+    uyvy[0, :, 1] = y
+    uyvy[0, 0::2, 0], uyvy[0, 1::2, 0] = u, v
+    yuyv = np.ascontiguousarray(uyvy[:, :, ::-1])
+    from_uyvy = image_to_rgb8(numpy_to_image(uyvy, "yuv422"))
+    from_yuyv = image_to_rgb8(numpy_to_image(yuyv, "yuv422_yuy2"))
+    np.testing.assert_array_equal(from_uyvy, from_yuyv)
+    # V high (first pair) is red, U high (second pair) is blue
+    assert (from_uyvy[0, :2, 0] > from_uyvy[0, :2, 2]).all()
+    assert (from_uyvy[0, 2:, 2] > from_uyvy[0, 2:, 0]).all()
+    # reading the bytes in the other layout gives different colours: the layouts are not swapped
+    assert not np.array_equal(image_to_rgb8(numpy_to_image(uyvy, "yuv422_yuy2")), from_uyvy)
+
+
+def test_yuv422_grey():
+    uyvy = np.empty((2, 4, 2), np.uint8)
+    uyvy[..., 0], uyvy[..., 1] = 128, 128
+    rgb = image_to_rgb8(numpy_to_image(uyvy, "yuv422"))
+    assert (rgb == rgb[..., :1]).all()
+    assert abs(int(rgb[0, 0, 0]) - 1.164 * (128 - 16)) <= 1  # BT.601 video range
+
+
+def test_yuv422_odd_width():
+    with pytest.raises(BadInputError) as excinfo:
+        image_to_rgb8(numpy_to_image(np.zeros((2, 3, 2), np.uint8), "yuv422"))
+    assert reason(excinfo) == "size"
+
+
+# -- compressed -----------------------------------------------------------------------------------------------
+
+def test_png_round_trip_is_exact():
+    rgb = random_pixels("rgb8", 9, 13)
+    msg = rgb8_to_compressed(rgb, "png", header=Header(frame_id="cam"))
+    assert isinstance(msg, CompressedImage) and msg.header.frame_id == "cam"
+    assert "png" in msg.format
+    np.testing.assert_array_equal(compressed_to_rgb8(msg), rgb)
+
+
+def test_jpeg_keeps_colours():
+    rgb = np.zeros((16, 24, 3), np.uint8)
+    rgb[:, :8] = (255, 0, 0)
+    rgb[:, 8:16] = (0, 255, 0)
+    rgb[:, 16:] = (0, 0, 255)
+    msg = rgb8_to_compressed(rgb, "jpeg", quality=95)
+    assert msg.format == "rgb8; jpeg compressed bgr8"
+    decoded = compressed_to_rgb8(msg)
+    assert decoded.shape == rgb.shape and decoded.dtype == np.uint8
+    centres = decoded[8, [3, 11, 20]].astype(int)
+    np.testing.assert_allclose(centres, [[255, 0, 0], [0, 255, 0], [0, 0, 255]], atol=12)
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "rgb8; jpeg compressed bgr8", "bgr8; png compressed bgr8", ""])
+def test_format_strings(fmt):
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[...] = (10, 20, 30)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    msg = CompressedImage(format=fmt)
+    msg.data = array.array("B", encoded.tobytes())
+    np.testing.assert_array_equal(compressed_to_rgb8(msg), rgb)
+
+
+def test_grey_png():
+    gray = random_pixels("mono8", 5, 6)
+    msg = CompressedImage(format="mono8; png compressed mono8")
+    msg.data = array.array("B", cv2.imencode(".png", gray)[1].tobytes())
+    rgb = compressed_to_rgb8(msg)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], gray)
+
+
+def test_compressed_errors():
+    msg = CompressedImage(format="jpeg")
+    msg.data = array.array("B", b"not a jpeg at all")
+    with pytest.raises(BadInputError) as excinfo:
+        compressed_to_rgb8(msg)
+    assert reason(excinfo) == "decode" and "17 bytes" in str(excinfo.value)
+    truncated = rgb8_to_compressed(random_pixels("rgb8", 32, 32), "jpeg")
+    truncated.data = truncated.data[:20]
+    with pytest.raises(BadInputError) as excinfo:
+        compressed_to_rgb8(truncated)
+    assert reason(excinfo) == "decode"
+    with pytest.raises(BadInputError) as excinfo:
+        compressed_to_rgb8(CompressedImage(format="png"))
+    assert reason(excinfo) == "empty"
+    with pytest.raises(BadInputError) as excinfo:
+        compressed_to_rgb8(CompressedImage(format="16UC1; compressedDepth png", data=b"\x00" * 20))
+    assert reason(excinfo) == "encoding"
+    with pytest.raises(BadInputError):
+        rgb8_to_compressed(np.zeros((2, 2), np.uint8))
+    with pytest.raises(BadInputError):
+        rgb8_to_compressed(np.zeros((2, 2, 3), np.uint8), "webp2")

@@ -1,0 +1,103 @@
+"""The plugin contract: built-in and third-party plugins, lookup by task and name, clear errors."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from perception_fm.errors import PerceptionFmError, PluginNotFoundError, PluginUnavailableError
+from perception_fm.hookspecs import ModelOptions, ModelSpec, Task, hookimpl
+from perception_fm.plugin_manager import PluginManager
+
+
+class EchoModel:
+    def __init__(self, options):
+        self.options = options
+
+
+class EchoPlugin:
+    @hookimpl
+    def register_models(self):
+        return [ModelSpec(name="echo", task=Task.DEPTH, summary="test double", create=EchoModel, license="MIT")]
+
+
+def test_builtin_plugins_register_da3_variants_with_licences():
+    manager = PluginManager(entry_points=False)
+    models = {entry.spec.name: entry.spec for entry in manager.models(Task.DEPTH)}
+    assert {"da3-small", "da3-base", "da3-large", "da3-giant", "da3mono-large", "da3metric-large",
+            "da3nested-giant-large"} <= set(models)
+    assert models["da3-small"].license == "Apache-2.0"
+    assert "non-commercial" in models["da3-large"].license
+    assert models["da3-small"].default_weights == "depth-anything/DA3-SMALL"
+    assert manager.models(Task.SEGMENTATION) == [] or all(
+        e.spec.task is Task.SEGMENTATION for e in manager.models(Task.SEGMENTATION))
+
+
+def test_unknown_model_names_what_was_asked_and_what_exists():
+    manager = PluginManager(entry_points=False)
+    with pytest.raises(PluginNotFoundError) as caught:
+        manager.create(Task.DEPTH, "da4-huge")
+    message = str(caught.value)
+    assert "da4-huge" in message and "depth" in message and "da3-small" in message
+
+
+def test_registered_plugin_object_is_created_by_name_with_options():
+    manager = PluginManager(entry_points=False)
+    manager.register(EchoPlugin(), name="echo-plugin")
+    options = ModelOptions(weights="/some/dir", device="cpu")
+    model = manager.create("depth", "echo", options)
+    assert isinstance(model, EchoModel) and model.options is options
+    assert [e.plugin for e in manager.models("depth") if e.spec.name == "echo"] == ["echo-plugin"]
+
+
+def test_two_plugins_claiming_one_name_is_an_error():
+    manager = PluginManager(entry_points=False)
+    manager.register(EchoPlugin(), name="first")
+
+    class Again(EchoPlugin):
+        pass
+
+    manager.register(Again(), name="second")
+    with pytest.raises(PerceptionFmError, match="first.*second|second.*first"):
+        manager.models()
+
+
+def test_missing_dependency_is_reported_not_crashed():
+    class NeedsNothingThatExists:
+        @hookimpl
+        def register_models(self):
+            return [ModelSpec(name="ghost", task=Task.DEPTH, summary="", create=EchoModel,
+                              requires=("no_such_module_xyz",))]
+
+    manager = PluginManager(entry_points=False)
+    manager.register(NeedsNothingThatExists())
+    entry = next(e for e in manager.models() if e.spec.name == "ghost")
+    assert entry.missing == ["no_such_module_xyz"]
+    with pytest.raises(PluginUnavailableError, match="no_such_module_xyz"):
+        manager.create(Task.DEPTH, "ghost")
+
+
+def test_third_party_plugin_found_through_entry_point(tmp_path):
+    """A distribution on sys.path declaring the perception_fm entry point is loaded by the manager and
+    listed by `perception-fm plugins` (run in a fresh interpreter, as a user would)."""
+    (tmp_path / "acme_depth.py").write_text(textwrap.dedent("""
+        from perception_fm.hookspecs import ModelSpec, Task, hookimpl
+
+        @hookimpl
+        def register_models():
+            return [ModelSpec(name="acme-depth", task=Task.DEPTH, summary="Acme's depth", license="MIT",
+                              create=lambda options: "acme model")]
+    """))
+    dist = tmp_path / "acme_depth-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-depth\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[perception_fm]\nacme = acme_depth\n")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]);"
+            "from perception_fm.plugin_manager import PluginManager;"
+            "m = PluginManager(); print(m.create('depth', 'acme-depth'));"
+            "from perception_fm.cli import main; main(['plugins', '--task', 'depth'])")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "acme model"
+    assert any(line.split()[:2] == ["depth", "acme-depth"] and "MIT" in line for line in lines)
