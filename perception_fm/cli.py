@@ -145,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from perception_fm.errors import PerceptionFmError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, PerceptionFmError) as error:
         print(f"perception-fm: error: {error}", file=sys.stderr)
         return 2
 

@@ -18,13 +18,16 @@ import time
 from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
+from perception_fm.core.stamped_cache import StampedCache
 from perception_fm.hookspecs import Task
 from perception_fm.msg import DepthInfo
 from perception_fm.nodes.node_base import ModelNode, run_node
 from perception_fm.ros import depth_io
 from perception_fm.ros.depth_io import DEPTH_PARAMS, DepthFrameHandler, DepthMessages
 from perception_fm.ros.qos import qos_profile
-from perception_fm.ros.tf import TfListener, TfPublisher
+from perception_fm.ros.tf import TfListener, TfPublisher, stamp_to_ns
+
+CAMERA_INFO_WAIT_S = 0.05
 
 
 class DepthNode(ModelNode):
@@ -37,13 +40,13 @@ class DepthNode(ModelNode):
         super().__init__("depth_node", **kwargs)
         input_qos = qos_profile(self.values["input_qos"])
         output_qos = qos_profile(self.values["output_qos"])
-        self._camera_info: CameraInfo | None = None
+        self._camera_infos: StampedCache[CameraInfo] = StampedCache()
         if self.values["image_transport"] == "compressed":
             self.create_subscription(CompressedImage, "image/compressed", self._on_image, input_qos)
         else:
             self.create_subscription(Image, "image", self._on_image, input_qos)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
-        self._publishers = {
+        self._outputs = {
             "depth": self.create_publisher(Image, depth_io.TOPIC_DEPTH, output_qos),
             "confidence": self.create_publisher(Image, depth_io.TOPIC_CONFIDENCE, output_qos),
             "info": self.create_publisher(DepthInfo, depth_io.TOPIC_DEPTH_INFO, output_qos),
@@ -59,52 +62,51 @@ class DepthNode(ModelNode):
     # -- callbacks (executor thread): store only ------------------------------------------------------------
 
     def _on_camera_info(self, message: CameraInfo) -> None:
-        self._camera_info = message
+        self._camera_infos.put(stamp_to_ns(message.header.stamp), message)
 
     def _on_image(self, message) -> None:
-        self.submit((message, self._camera_info))
+        self.submit(message)
 
     # -- worker thread ------------------------------------------------------------------------------------
 
     def reconfigure_with(self, model) -> None:
-        self.handler = DepthFrameHandler(model, self.values, known_pose=self._known_pose)
+        self.handler = DepthFrameHandler(model, self.values, tf_lookup=self._lookup, on_event=self.stats.event)
 
-    def process(self, item) -> float:
-        message, camera_info = item
+    def process(self, message) -> float:
+        # camera_info and image arrive on separate topics in any order: take the one with the image's stamp,
+        # waiting briefly for it, else the latest (intrinsics rarely change).
+        camera_info = self._camera_infos.get(stamp_to_ns(message.header.stamp), timeout=CAMERA_INFO_WAIT_S)
         output, messages = self.handler.handle(message, camera_info)
         self._publish(messages)
         return output.inference_ms
 
-    def _known_pose(self, image_frame: str, stamp_ns: int):
-        """The camera's pose in known_pose_frame at the image stamp, waiting briefly for TF to catch up."""
-        frame = self.values["known_pose_frame"]
-        deadline = time.monotonic() + self.values["known_pose_timeout"]
-        pose = self._tf_listener.lookup(frame, image_frame, stamp_ns)
+    def _lookup(self, target: str, source: str, stamp_ns: int, wait: bool):
+        """TF at the image stamp; when `wait`, give TF up to known_pose_timeout to catch up with the image."""
+        deadline = time.monotonic() + (self.values["known_pose_timeout"] if wait else 0.0)
+        pose = self._tf_listener.lookup(target, source, stamp_ns)
         while pose is None and time.monotonic() < deadline:
             time.sleep(0.005)
-            pose = self._tf_listener.lookup(frame, image_frame, stamp_ns)
-        if pose is None:
-            self.stats.event("no_known_pose")
-            self.get_logger().warn(f"no TF {frame} -> {image_frame} at the image stamp; going on without a known "
-                                   "pose", throttle_duration_sec=5.0)
+            pose = self._tf_listener.lookup(target, source, stamp_ns)
+        if pose is None and wait:
+            self.get_logger().warn(f"no TF {target} -> {source} at the image stamp; going on without it",
+                                   throttle_duration_sec=5.0)
         return pose
 
     def _publish(self, messages: DepthMessages) -> None:
-        publishers = self._publishers
-        publishers["depth"].publish(messages.depth)
-        publishers["info"].publish(messages.info)
+        outputs = self._outputs
+        outputs["depth"].publish(messages.depth)
+        outputs["info"].publish(messages.info)
         if messages.camera_info is not None:
-            publishers["camera_info"].publish(messages.camera_info)
+            outputs["camera_info"].publish(messages.camera_info)
         if messages.confidence is not None and self.values["publish_confidence"]:
-            publishers["confidence"].publish(messages.confidence)
+            outputs["confidence"].publish(messages.confidence)
         if messages.points is not None and self.values["publish_points"]:
-            publishers["points"].publish(messages.points)
+            outputs["points"].publish(messages.points)
         if messages.path is not None:
-            publishers["path"].publish(messages.path)
+            outputs["path"].publish(messages.path)
         if messages.transform is not None:
             self._tf_publisher.send([messages.transform])
-        if messages.static_transform is not None:
-            self._tf_publisher.send_static([messages.static_transform])
+        self._tf_publisher.send_static(messages.static_transforms)
 
 
 def main(args=None) -> int:

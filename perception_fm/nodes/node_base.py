@@ -26,6 +26,7 @@ from perception_fm.nodes.params import MODEL_PARAMS, Param, declare
 from perception_fm.plugin_manager import default_manager
 
 MODEL_PARAM_NAMES = {param.name for param in MODEL_PARAMS}
+DROP_LOG_PERIOD_S = 5.0
 
 
 def model_options(values: dict[str, Any], extra_names: tuple[str, ...] = ()) -> ModelOptions:
@@ -54,6 +55,8 @@ class ModelNode(Node):
         self.model = None
         self.model_error: str | None = None
         self._slot: LatestSlot = LatestSlot()
+        self._drop_logged: dict[str, float] = {}
+        self._reported_drops: dict[str, int] = {}
         self._reload = threading.Event()
         self._reconfigure = threading.Event()
         self._stop = threading.Event()
@@ -65,7 +68,7 @@ class ModelNode(Node):
         self._worker = threading.Thread(target=self._work, name=f"{node_name}_worker", daemon=True)
 
     def start(self) -> None:
-        """Start the worker (loads the model, then processes frames). Call after the subclass set up."""
+        """Start the worker (loads the model, then processes frames). Subclasses call it last in __init__."""
         self._worker.start()
 
     # -- parameters ---------------------------------------------------------------------------------------
@@ -165,15 +168,20 @@ class ModelNode(Node):
                 inference_ms = self.process(item)
             except BadInputError as error:
                 self.stats.drop(error.reason)
-                self.get_logger().error(f"dropped a frame ({error.reason}): {error}", throttle_duration_sec=5.0)
+                self._log_drop(error.reason, f"dropped a frame ({error.reason}): {error}")
             except Exception as error:  # a bug or a model failure must not kill the node
                 self.stats.drop("error")
-                self.get_logger().error(
-                    f"frame failed: {type(error).__name__}: {error}\n{traceback.format_exc()}",
-                    throttle_duration_sec=5.0,
-                )
+                self._log_drop("error", f"frame failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
             else:
                 self.stats.done((time.perf_counter() - started) * 1e3, inference_ms)
+
+    def _log_drop(self, reason: str, text: str) -> None:
+        """Log a dropped frame at most every DROP_LOG_PERIOD_S per reason (counters stay exact), so a bad
+        stream cannot flood the log and one bad input cannot hide another."""
+        now = time.monotonic()
+        if now - self._drop_logged.get(reason, -DROP_LOG_PERIOD_S) >= DROP_LOG_PERIOD_S:
+            self._drop_logged[reason] = now
+            self.get_logger().error(text)
 
     # -- diagnostics --------------------------------------------------------------------------------------
 
@@ -182,12 +190,15 @@ class ModelNode(Node):
         status = DiagnosticStatus()
         status.name = f"{self.get_fully_qualified_name()}: {self.task}"
         status.hardware_id = getattr(self.model, "device", "") or ""
+        bad_drops = {k: v for k, v in snapshot.items() if k.startswith("dropped_") and k != "dropped_stale"}
+        recent = {k: v - self._reported_drops.get(k, 0) for k, v in bad_drops.items() if v > self._reported_drops.get(k, 0)}
+        self._reported_drops = bad_drops
         if self.model is None:
             status.level = DiagnosticStatus.ERROR
             status.message = self.model_error or "loading model"
-        elif snapshot["dropped"] - snapshot.get("dropped_stale", 0) > 0:
+        elif recent:  # WARN while bad frames keep coming, OK again once they stop
             status.level = DiagnosticStatus.WARN
-            status.message = "dropping bad frames"
+            status.message = "dropped bad frames: " + ", ".join(f"{k[8:]} {v}" for k, v in sorted(recent.items()))
         else:
             status.level = DiagnosticStatus.OK
             status.message = "ok"
@@ -211,8 +222,7 @@ def run_node(node_class, args=None) -> int:
     from rclpy.executors import ExternalShutdownException
 
     rclpy.init(args=args)
-    node = node_class()
-    node.start()
+    node = node_class()  # starts its worker at the end of its constructor
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

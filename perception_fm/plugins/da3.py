@@ -111,6 +111,8 @@ def register_models() -> list[ModelSpec]:
 
 def build_network(name: str):
     """The official network for a registry name, randomly initialised (torch's default init)."""
+    # depth_anything_3 logs an INFO line per forward pass; in a node that floods the log at frame rate.
+    os.environ.setdefault("DA3_LOG_LEVEL", "WARN")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # omegaconf deprecation warning printed at import
         from depth_anything_3.cfg import create_object, load_config

@@ -4,7 +4,7 @@ publishers; the replay reads and writes bags. Neither decodes or encodes anythin
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -46,6 +46,10 @@ DEPTH_PARAMS = (
     Param("attach_image_frame", False, "Also publish estimated_frame -> <image frame_id> (identity), so clouds "
                                        "show under world_frame when nothing else places the camera (camera-only "
                                        "streams). Leave false on robots with their own TF tree.", read_only=True),
+    Param("anchor_frame", "", "Place world_frame in this TF frame (e.g. odom): at the start of each sequence, a "
+                              "static transform anchor_frame -> world_frame puts the trajectory's origin at the "
+                              "camera's pose there, so estimates show beside the robot's own frames. Empty: "
+                              "world_frame is a root."),
     Param("known_pose_frame", "", "Frame in which the camera's pose is known from TF (e.g. odom); empty = none."),
     Param("known_pose_timeout", 0.05, "Seconds to wait for TF at the image stamp before going on without it.",
           min=0.0, max=5.0),
@@ -84,7 +88,7 @@ class DepthMessages:
     points: PointCloud2 | None
     transform: TransformStamped | None
     path: Path | None
-    static_transform: TransformStamped | None = None  # attach_image_frame, once per image frame
+    static_transforms: list[TransformStamped] = field(default_factory=list)  # anchor / attach, when they change
 
 
 class PathBuilder:
@@ -140,17 +144,26 @@ def attach_transform(frames: DepthFrames, image_frame: str, stamp) -> TransformS
     return make_transform(np.eye(4), frames.estimated_frame, image_frame, stamp)
 
 
-class DepthFrameHandler:
-    """One camera stream through the depth pipeline: Image/CompressedImage (+ CameraInfo, + known pose) in,
-    DepthMessages out. `known_pose(image_frame, stamp_ns)` returns the camera's known pose or None."""
+# tf_lookup(target_frame, source_frame, stamp_ns, wait) -> T_target_source or None. `wait`: the caller
+# needs this transform now and may wait briefly for TF to arrive (live nodes); replays never wait.
+TfLookup = Callable[[str, str, int, bool], "np.ndarray | None"]
 
-    def __init__(self, model, values: dict, known_pose: Callable[[str, int], np.ndarray | None] | None = None):
+
+class DepthFrameHandler:
+    """One camera stream through the depth pipeline: Image/CompressedImage (+ CameraInfo, + TF) in,
+    DepthMessages out. `on_event(name)` counts things that lose no frame (e.g. a missing known pose)."""
+
+    def __init__(self, model, values: dict, tf_lookup: TfLookup | None = None,
+                 on_event: Callable[[str], None] = lambda name: None):
         self.model = model
+        self.values = values
         self.pipeline = DepthPipeline(model, pipeline_config(values, model))
         self.frames = DepthFrames(values["world_frame"], values["estimated_frame"], values["attach_image_frame"])
         self.path_builder = PathBuilder(values["max_path_length"])
-        self._known_pose = known_pose if values["known_pose_frame"] else None
+        self._tf_lookup = tf_lookup
+        self._on_event = on_event
         self._attached: set[str] = set()
+        self._anchored = False
 
     def handle(self, message, camera_info: CameraInfo | None) -> tuple[DepthOutput, DepthMessages]:
         """Raises BadInputError for messages that cannot be processed (the caller counts the drop)."""
@@ -162,16 +175,41 @@ class DepthFrameHandler:
             check_image_size(camera, rgb.shape[:2])
             intrinsics = camera.K
         stamp_ns = stamp_to_ns(header.stamp)
-        known = self._known_pose(header.frame_id, stamp_ns) if self._known_pose else None
+        known = self._lookup(self.values["known_pose_frame"], header.frame_id, stamp_ns, wait=True)
+        if self.values["known_pose_frame"] and known is None:
+            self._on_event("no_known_pose")
         output = self.pipeline.process(DepthInput(rgb, stamp_ns, intrinsics, known))
         if output.new_sequence:
             self.path_builder.clear()
+            self._anchored = False
         messages = depth_messages(output, header, self.frames, model=self.model.name, weights=self.model.weights,
                                   path_builder=self.path_builder)
-        if self.frames.attach_image_frame and header.frame_id and header.frame_id not in self._attached:
-            self._attached.add(header.frame_id)
-            messages.static_transform = attach_transform(self.frames, header.frame_id, header.stamp)
+        messages.static_transforms = self._static_transforms(output, header)
         return output, messages
+
+    def _lookup(self, target: str, source: str, stamp_ns: int, wait: bool):
+        if not target or self._tf_lookup is None:
+            return None
+        return self._tf_lookup(target, source, stamp_ns, wait)
+
+    def _static_transforms(self, output: DepthOutput, header) -> list[TransformStamped]:
+        transforms = []
+        anchor = self.values["anchor_frame"]
+        if anchor and not self._anchored and output.camera_to_world is not None:
+            camera_in_anchor = self._lookup(anchor, header.frame_id, output.stamp_ns, wait=False)
+            if camera_in_anchor is not None:
+                # anchor_T_world = anchor_T_camera * (world_T_camera)^-1; at a sequence's first frame
+                # world_T_camera is the identity, so the origin sits exactly at the camera.
+                world_in_anchor = camera_in_anchor @ np.linalg.inv(output.camera_to_world)
+                transforms.append(make_transform(world_in_anchor, anchor, self.frames.world_frame, header.stamp))
+                self._anchored = True
+            else:
+                self._on_event("no_anchor_pose")
+        image_frame = header.frame_id
+        if self.frames.attach_image_frame and image_frame and image_frame not in self._attached:
+            self._attached.add(image_frame)
+            transforms.append(attach_transform(self.frames, image_frame, header.stamp))
+        return transforms
 
 
 def pipeline_config(values: dict, model) -> DepthPipelineConfig:
