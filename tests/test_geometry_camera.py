@@ -12,6 +12,7 @@ from perception_fm.geometry.camera import (
     project_points,
     scale_intrinsics,
     transform_points,
+    select_pixels,
     unproject_depth,
     validate_intrinsics,
 )
@@ -112,8 +113,9 @@ def test_unproject_depth_filters_subsamples_and_indexes_the_full_image():
     depth[4, 6] = -1.0
     valid = np.ones((H, W), bool)
     valid[2, 2] = False
-    points, index = unproject_depth(depth, K, stride=2, valid=valid)
-    assert points.dtype == np.float32 and index.dtype == np.int64
+    points, mask = unproject_depth(depth, K, stride=2, valid=valid)
+    assert points.dtype == np.float32 and mask.dtype == bool and mask.shape == (H, W)
+    index = np.flatnonzero(mask)
     # Stride 2 keeps rows 0, 2, 4 and columns 0, 2, 4, 6, 8 (15 pixels); 5 of them are dropped above.
     kept = [(r, c) for r in (0, 2, 4) for c in (0, 2, 4, 6, 8)]
     kept = [rc for rc in kept if rc not in {(0, 2), (2, 4), (4, 0), (4, 6), (2, 2)}]
@@ -124,8 +126,12 @@ def test_unproject_depth_filters_subsamples_and_indexes_the_full_image():
     np.testing.assert_allclose(uv[:, 1], rows, atol=1e-4)
     np.testing.assert_allclose(z, depth.ravel()[index], rtol=1e-6)
     # Full resolution without a mask keeps every finite positive pixel.
-    points, index = unproject_depth(depth, K)
-    assert len(points) == H * W - 4 and len(index) == H * W - 4
+    points, mask = unproject_depth(depth, K)
+    assert len(points) == H * W - 4 and mask.sum() == H * W - 4
+    # select_pixels gathers per-point values in the same order as the points
+    image = np.arange(H * W * 3, dtype=np.uint8).reshape(H, W, 3)
+    np.testing.assert_array_equal(select_pixels(image, mask), image[mask])
+    np.testing.assert_array_equal(select_pixels(depth[..., None], mask)[:, 0], points[:, 2])
 
 
 def test_project_and_transform_points_exact_values():

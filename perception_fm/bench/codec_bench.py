@@ -14,7 +14,6 @@ Long runs with glibc's default malloc settings slip into phases of page faulting
 from __future__ import annotations
 
 import argparse
-import ctypes
 import struct
 import time
 
@@ -24,6 +23,8 @@ from rclpy.context import Context
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image, PointCloud2, PointField
 
+from perception_fm.core.memory import tune_malloc
+from perception_fm.geometry.camera import select_pixels, unproject_depth
 from perception_fm.ros.cloud_codec import pointcloud2_to_xyzrgb, xyzrgb_to_pointcloud2
 from perception_fm.ros.image_codec import image_to_rgb8, numpy_to_image
 
@@ -43,28 +44,6 @@ def synthetic_frame(width: int, height: int, seed: int = 0):
     focal = 0.9 * width
     K = np.array([[focal, 0.0, (width - 1) / 2], [0.0, focal, (height - 1) / 2], [0.0, 0.0, 1.0]])
     return rgb, depth, K
-
-
-class Unprojector:
-    """Valid depth pixels → camera-frame points; per-pixel rays cached for one image size and K (as a node
-    caches them)."""
-
-    def __init__(self, K: np.ndarray, width: int, height: int):
-        fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-        self.ray_x = np.tile(((np.arange(width) - cx) / fx).astype(np.float32), height)
-        self.ray_y = np.repeat(((np.arange(height) - cy) / fy).astype(np.float32), width)
-
-    def __call__(self, depth: np.ndarray, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        z = depth.reshape(-1)
-        valid = z > 0  # NaN > 0 is False: drops holes and NaNs
-        xyz = np.empty((z.size, 3), dtype=np.float32)
-        np.multiply(self.ray_x, z, out=xyz[:, 0])
-        np.multiply(self.ray_y, z, out=xyz[:, 1])
-        xyz[:, 2] = z
-        # select whole rows as opaque 12- and 3-byte items: much faster than fancy-indexing (N, 3) arrays
-        points = xyz.view("V12").reshape(-1)[valid].view(np.float32).reshape(-1, 3)
-        colors = rgb.reshape(-1, 3).view("V3").reshape(-1)[valid].view(np.uint8).reshape(-1, 3)
-        return points, colors
 
 
 # -- the naive path -------------------------------------------------------------------------------------------
@@ -120,21 +99,6 @@ def naive_cloud(depth: np.ndarray, rgb: np.ndarray, K: np.ndarray, header) -> Po
     return msg
 
 
-def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20) -> bool:
-    """glibc only: serve large blocks from the heap and keep freed heap memory, so each frame's multi-MB
-    buffers reuse pages instead of faulting fresh ones in. Without it glibc's dynamic mmap threshold and heap
-    trimming drift into phases of ~2,000-4,000 page faults per VGA frame (about 2.5x slower frames). Same
-    effect from the environment: GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:
-    glibc.malloc.trim_threshold=536870912. Process-wide; returns False where it could not be applied."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_trim_threshold,
-                                                                                        trim_threshold))
-
-
 # -- the run --------------------------------------------------------------------------------------------------
 
 def _same_output(depth_a: Image, depth_b: Image, cloud_a: PointCloud2, cloud_b: PointCloud2) -> bool:
@@ -157,7 +121,6 @@ def run(frames: int = 50, width: int = 640, height: int = 480, naive_frames: int
     rgb_msg = numpy_to_image(rgb, "rgb8")  # what the subscription delivers
     rgb_msg.header.frame_id = "camera_optical_frame"
     header = rgb_msg.header
-    unproject = Unprojector(K, width, height)
 
     context = Context()
     rclpy.init(context=context)
@@ -174,7 +137,8 @@ def run(frames: int = 50, width: int = 640, height: int = 480, naive_frames: int
             t1 = time.perf_counter()
             depth_msg = numpy_to_image(depth, "32FC1", header)
             t2 = time.perf_counter()
-            points, colors = unproject(depth, image)
+            points, mask = unproject_depth(depth, K)  # the depth pipeline's own cloud path
+            colors = select_pixels(image, mask)
             t3 = time.perf_counter()
             cloud_msg = xyzrgb_to_pointcloud2(points, colors, header)
             t4 = time.perf_counter()

@@ -109,8 +109,8 @@ def unproject_depth(
 
     depth: (H, W) z-depth (along the optical axis, not along the ray). Pixels with finite depth > 0 and
     `valid` (H, W) true, taken every `stride` rows and columns starting at (0, 0), become points.
-    Returns (points (M, 3) float32, pixel_index (M,) int64 flat row-major index into the full H x W image,
-    i.e. row * W + col), in row-major pixel order. Use pixel_index to gather colours or labels.
+    Returns (points (M, 3) float32 in row-major pixel order, mask (H, W) bool marking those pixels). Gather
+    per-point colours or labels with select_pixels(image, mask).
     """
     depth = np.asarray(depth)
     if depth.ndim != 2:
@@ -127,13 +127,41 @@ def unproject_depth(
         if valid.shape != depth.shape:
             raise ValueError(f"valid mask {valid.shape} does not match depth {depth.shape}")
         keep &= valid[::stride, ::stride]
-    rows, cols = np.nonzero(keep)
-    rows *= stride
-    cols *= stride
-    rays = pixel_rays(height, width, K)
-    points = rays[rows, cols] * depth[rows, cols].astype(np.float32)[:, None]
-    pixel_index = rows.astype(np.int64) * width + cols.astype(np.int64)
-    return points.astype(np.float32, copy=False), pixel_index
+    ray_x, ray_y = _ray_components(height, width, stride, np.asarray(K, dtype=np.float64).tobytes())
+    # Multiply every pixel into one buffer, then keep rows with a boolean mask: a dense pass and a boolean
+    # selection are several times faster than gathering (N, 3) rows by index.
+    z = d.reshape(-1) if d.flags.c_contiguous else d.ravel()
+    xyz = np.empty((z.size, 3), dtype=np.float32)
+    np.multiply(ray_x, z, out=xyz[:, 0])
+    np.multiply(ray_y, z, out=xyz[:, 1])
+    xyz[:, 2] = z
+    xyz = xyz.reshape(d.shape[0], d.shape[1], 3)
+    points = select_pixels(xyz, keep)
+    if stride == 1:
+        return points, keep
+    mask = np.zeros((height, width), dtype=bool)
+    mask[::stride, ::stride] = keep
+    return points, mask
+
+
+@functools.lru_cache(maxsize=8)
+def _ray_components(height: int, width: int, stride: int, K_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """x/z and y/z of the pixel rays on the stride grid, flattened row-major (float32, cached per K)."""
+    K = np.frombuffer(K_bytes, dtype=np.float64).reshape(3, 3)
+    rays = pixel_rays(height, width, K)[::stride, ::stride]
+    ray_x, ray_y = np.ascontiguousarray(rays[..., 0]).reshape(-1), np.ascontiguousarray(rays[..., 1]).reshape(-1)
+    ray_x.flags.writeable = ray_y.flags.writeable = False
+    return ray_x, ray_y
+
+
+def select_pixels(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """image[mask] for an (H, W, C) image and (H, W) mask, as (M, C): each pixel is viewed as one opaque item
+    so the selection copies whole pixels (about 10x faster than numpy's (H, W, C)[mask])."""
+    image = np.ascontiguousarray(image)
+    pixels = image.reshape(image.shape[0] * image.shape[1], -1)
+    item = np.dtype((np.void, pixels.dtype.itemsize * pixels.shape[1]))
+    return pixels.view(item).reshape(-1)[np.asarray(mask, dtype=bool).reshape(-1)].view(image.dtype).reshape(
+        -1, pixels.shape[1])
 
 
 def _float_dtype(points: np.ndarray) -> np.dtype:

@@ -19,6 +19,7 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from perception_fm.core.latest import LatestSlot
+from perception_fm.core.memory import tune_malloc
 from perception_fm.core.stats import NodeStats
 from perception_fm.errors import BadInputError, PerceptionFmError
 from perception_fm.hookspecs import ModelOptions, Task
@@ -221,6 +222,7 @@ def run_node(node_class, args=None) -> int:
     """Entry point used by every node executable: init, spin until Ctrl-C, clean up."""
     from rclpy.executors import ExternalShutdownException
 
+    tune_malloc()  # steady per-frame buffers without page-fault storms (see perception_fm.core.memory)
     rclpy.init(args=args)
     node = node_class()  # starts its worker at the end of its constructor
     try:

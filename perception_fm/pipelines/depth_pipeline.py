@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from perception_fm.geometry.camera import unproject_depth
+from perception_fm.geometry.camera import select_pixels, unproject_depth
 from perception_fm.geometry.sim3 import chain_window, invert_pose
 from perception_fm.tasks.depth import DepthModel, PreparedView
 
@@ -242,8 +242,8 @@ class DepthPipeline:
             valid &= confidence >= self.config.confidence_threshold
         if self.config.max_cloud_depth > 0:
             valid &= depth <= self.config.max_cloud_depth
-        points, index = unproject_depth(depth, K, stride=self.config.cloud_stride, valid=valid)
+        points, mask = unproject_depth(depth, K, stride=self.config.cloud_stride, valid=valid)
         if image.shape[:2] != (height, width):
             image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
-        colors = image.reshape(-1, 3)[index]
+        colors = select_pixels(image, mask)
         return points, colors
