@@ -132,8 +132,9 @@ def unproject_depth(
     # selection are several times faster than gathering (N, 3) rows by index.
     z = d.reshape(-1) if d.flags.c_contiguous else d.ravel()
     xyz = np.empty((z.size, 3), dtype=np.float32)
-    np.multiply(ray_x, z, out=xyz[:, 0])
-    np.multiply(ray_y, z, out=xyz[:, 1])
+    with np.errstate(invalid="ignore"):  # 0 * inf at rejected pixels; they are dropped below
+        np.multiply(ray_x, z, out=xyz[:, 0])
+        np.multiply(ray_y, z, out=xyz[:, 1])
     xyz[:, 2] = z
     xyz = xyz.reshape(d.shape[0], d.shape[1], 3)
     points = select_pixels(xyz, keep)

@@ -51,6 +51,7 @@ class ModelNode(Node):
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
         self._param_table = {param.name: param for param in MODEL_PARAMS + self.params}
+        self._param_table["model"] = self._model_param()
         self.values = declare(self, self._param_table.values())
         self.stats = NodeStats()
         self.model = None
@@ -101,6 +102,13 @@ class ModelNode(Node):
         response.success = True
         response.message = "model reload requested"
         return response
+
+    def _model_param(self) -> Param:
+        """The `model` parameter, its description listing the installed models of this task and their
+        licences (a user choosing a model must see that some weights are non-commercial)."""
+        installed = "; ".join(f"{e.spec.name} ({e.spec.license})" for e in default_manager().models(self.task))
+        return Param("model", "", f"{self.task} model; empty = {self.default_model}. Installed: {installed}. "
+                                  "Licences are those of the default weights.")
 
     # -- model --------------------------------------------------------------------------------------------
 
