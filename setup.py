@@ -10,7 +10,8 @@ from setuptools import find_packages, setup
 CORE = ["numpy>=1.24", "pluggy>=1.3", "PyYAML>=6", "scipy>=1.10", "rosbags>=0.10", "opencv-python-headless>=4.8"]
 # Depth Anything 3: the network needs these; the depth-anything-3 package itself is installed with
 # --no-deps by scripts/setup.sh because its declared requirements are far wider than the network's.
-DA3 = ["torch>=2.2", "omegaconf>=2.3", "addict>=2.4", "einops>=0.7", "safetensors>=0.4", "huggingface_hub>=0.23"]
+DA3 = ["torch>=2.2", "omegaconf>=2.3", "addict>=2.4", "einops>=0.7", "safetensors>=0.4", "huggingface_hub>=0.23",
+       "evo>=1.28"]  # evo: imported by DA3-Giant's Gaussian head module (and the reference for trajectory metrics)
 ROS_WHEELS = [
     f"ros-kilted-{name}"
     for name in (

@@ -87,6 +87,8 @@ VARIANTS = (
                "DA3 Nested Giant+Large 1.1: any-view metric depth + camera poses with sky mask"),
 )
 REQUIRES = ("torch", "depth_anything_3", "safetensors", "huggingface_hub", "omegaconf", "addict", "einops")
+# The Giant backbone's config carries DA3's Gaussian-splatting head, whose module imports evo.
+GIANT_REQUIRES = REQUIRES + ("evo",)
 
 
 @hookimpl
@@ -98,7 +100,7 @@ def register_models() -> list[ModelSpec]:
             summary=variant.summary,
             license=variant.license,
             default_weights=variant.hub_id,
-            requires=REQUIRES,
+            requires=GIANT_REQUIRES if "giant" in variant.name else REQUIRES,
             create=functools.partial(Da3DepthModel.from_options, variant),
         )
         for variant in VARIANTS
@@ -400,9 +402,10 @@ class Da3DepthModel:
         with torch.autocast(device_type=x.device.type, enabled=False):
             head = net.head(features, height, width, patch_start_idx=0)
         K, world_to_camera = solve_ray_pose(head["ray"][0].float(), head["ray_conf"][0].float(), (height, width))
+        # float32 like the network's own outputs (the nested net's alignment mixes them with its depth)
         return Dict(
             depth=head["depth"], depth_conf=head["depth_conf"],
-            extrinsics=world_to_camera[None, :, :3, :], intrinsics=K[None],
+            extrinsics=world_to_camera[None, :, :3, :].float(), intrinsics=K[None].float(),
         )
 
     def _conditioning(self, views: Sequence[PreparedView], known_world_to_camera: np.ndarray):
