@@ -63,3 +63,10 @@ def test_stats_snapshot_counts_and_bounds_latency_history():
     assert snapshot["dropped"] == 4 and snapshot["dropped_encoding"] == 1 and snapshot["dropped_stale"] == 3
     assert snapshot["count_no_known_pose"] == 1
     assert snapshot["latency_ms_p50"] == 94.5  # only the last 10 frames are kept
+
+
+def test_bounded_queue_keeps_the_newest_in_order():
+    queue = LatestSlot(capacity=3)
+    dropped = [queue.put(i) for i in range(5)]
+    assert dropped == [False, False, False, True, True] and queue.replaced == 2
+    assert [queue.take(timeout=0) for _ in range(4)] == [2, 3, 4, None]

@@ -1,38 +1,42 @@
-"""The latest-frame policy: a slot of capacity one between a subscription and a worker thread."""
+"""The latest-frame policy: a bounded queue between a subscription and a worker thread."""
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class LatestSlot(Generic[T]):
-    """Holds at most one item. A new item replaces an unprocessed one, which is then counted as stale: the
-    worker always gets the newest frame and memory never grows, however slow the model is."""
+    """Holds at most `capacity` items (1: the latest-frame slot of image nodes). A new item arriving when it
+    is full pushes out the oldest unprocessed one, which is counted as stale: the worker always gets recent
+    items in order, and memory never grows however slow the model is."""
 
-    def __init__(self) -> None:
-        self._item: T | None = None
+    def __init__(self, capacity: int = 1) -> None:
+        self._items: deque[T] = deque()
+        self._capacity = max(1, int(capacity))
         self._condition = threading.Condition()
         self._closed = False
-        self.replaced = 0  # items overwritten before the worker took them
+        self.replaced = 0  # items pushed out before the worker took them
 
     def put(self, item: T) -> bool:
-        """Store `item`; True if it replaced an item the worker never took."""
+        """Store `item`; True if that pushed out an item the worker never took."""
         with self._condition:
-            replaced = self._item is not None
-            self.replaced += replaced
-            self._item = item
+            replaced = len(self._items) >= self._capacity
+            if replaced:
+                self._items.popleft()
+                self.replaced += 1
+            self._items.append(item)
             self._condition.notify()
             return replaced
 
     def take(self, timeout: float | None = None) -> T | None:
-        """The newest item (removing it), waiting up to `timeout` s; None on timeout or close."""
+        """The oldest item held (removing it), waiting up to `timeout` s; None on timeout or close."""
         with self._condition:
-            if self._item is None and not self._closed:
+            if not self._items and not self._closed:
                 self._condition.wait(timeout)
-            item, self._item = self._item, None
-            return item
+            return self._items.popleft() if self._items else None
 
     def close(self) -> None:
         with self._condition:

@@ -47,6 +47,7 @@ class ModelNode(Node):
     default_model: str
     params: tuple[Param, ...] = ()
     model_extra_params: tuple[str, ...] = ()  # parameters that are passed to the model and need a reload
+    queue_size: int = 1  # items waiting for the worker; 1 = latest-frame policy (older ones dropped as stale)
 
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -56,7 +57,7 @@ class ModelNode(Node):
         self.stats = NodeStats()
         self.model = None
         self.model_error: str | None = None
-        self._slot: LatestSlot = LatestSlot()
+        self._slot: LatestSlot = LatestSlot(self.queue_size)
         self._drop_logged: dict[str, float] = {}
         self._reported_drops: dict[str, int] = {}
         self._reload = threading.Event()
