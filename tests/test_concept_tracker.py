@@ -1,0 +1,258 @@
+"""ConceptTracker's decisions, driven by a scripted session (random-weight networks cannot produce meaningful
+masks). The script answers from the synthetic sample's ground-truth instances: the "detector" returns the
+masks of objects whose concept was asked for (with scripted misses and false positives), the "tracker"
+propagates each object it was given as the ground-truth mask of the instance it was started on."""
+import numpy as np
+import pytest
+import torch
+
+from perception_fm.errors import BadInputError
+from perception_fm.pipelines.concept_tracker import (STATE_LOST, STATE_NEW, STATE_TRACKED, ConceptTracker,
+                                                     TrackerConfig)
+from perception_fm.pipelines.concepts import (ADD, REMOVE, SET, ConceptCommand, ConceptSet, format_concepts_message,
+                                              parse_concepts_message)
+from perception_fm.replay.synthetic import SampleConfig, instance_labels, render_frame
+from perception_fm.tasks.segmentation import Detections, Propagation
+
+SAMPLE = SampleConfig(width=128, height=96, frames=60)
+FRAMES = [render_frame(SAMPLE, i) for i in range(SAMPLE.frames)]
+LABELS = instance_labels(SAMPLE)
+
+
+class ScriptedSession:
+    def __init__(self, hidden=None, false_positives=None, score=0.9):
+        self.hidden = hidden or {}  # frame -> set of GT instance ids invisible to detector AND tracker
+        self.false_positives = false_positives or {}  # frame -> list of (prompt_text, (h, w) bool mask)
+        self.score = score
+        self.frame = -1
+        self.objects = {}  # obj_id -> GT instance id (or None: a false positive)
+        self.calls = []
+
+    def _gt(self, instance):
+        mask = FRAMES[self.frame % len(FRAMES)].instances == instance
+        if instance in self.hidden.get(self.frame, ()):
+            mask = np.zeros_like(mask)
+        return torch.from_numpy(mask.astype(np.float32))
+
+    def add_frame(self, image):
+        self.frame += 1
+        self.calls.append(("add_frame", self.frame))
+        return self.frame
+
+    def detect(self, frame, concepts):
+        self.calls.append(("detect", frame, sorted(concepts)))
+        masks, prompt_ids = [], []
+        for prompt_id, text in concepts.items():
+            for instance, label in LABELS.items():
+                mask = self._gt(instance)
+                if label == text and mask.any():
+                    masks.append(mask)
+                    prompt_ids.append(prompt_id)
+            for fp_text, fp_mask in self.false_positives.get(frame, ()):
+                if fp_text == text:
+                    masks.append(torch.from_numpy(fp_mask.astype(np.float32)))
+                    prompt_ids.append(prompt_id)
+        n = len(masks)
+        return Detections(masks=torch.stack(masks) if n else torch.zeros(0, 96, 128),
+                          boxes=torch.zeros(n, 4), scores=torch.full((n,), self.score),
+                          prompt_ids=torch.tensor(prompt_ids, dtype=torch.long))
+
+    def propagate(self, frame):
+        ids = sorted(self.objects)
+        masks = [self._gt(self.objects[i]) if self.objects[i] is not None else torch.zeros(96, 128) for i in ids]
+        return Propagation(obj_ids=ids, masks=torch.stack(masks) if ids else torch.zeros(0, 96, 128),
+                           scores=torch.tensor([float(m.any()) for m in masks]))
+
+    def add_objects(self, frame, masks):
+        self.calls.append(("add_objects", frame, sorted(masks)))
+        for obj_id, mask in masks.items():
+            overlaps = {i: float((self._gt(i).bool() & (mask > 0.5)).sum()) for i in LABELS}
+            best = max(overlaps, key=overlaps.get)
+            self.objects[obj_id] = best if overlaps[best] > 0 else None
+
+    def prompt_object(self, frame, obj_id, points, labels, box):
+        self.calls.append(("prompt_object", frame, obj_id))
+        x0, y0, x1, y1 = box
+        mask = torch.zeros(96, 128)
+        mask[y0:y1, x0:x1] = 1
+        self.add_objects(frame, {obj_id: mask})
+        return mask
+
+    def commit(self, frame, masks, conditioning=()):
+        self.calls.append(("commit", frame, sorted(masks), sorted(conditioning)))
+
+    def remove_objects(self, obj_ids):
+        self.calls.append(("remove_objects", sorted(obj_ids)))
+        for obj_id in obj_ids:
+            self.objects.pop(obj_id)
+
+    def memory_stats(self):
+        return {"objects": len(self.objects)}
+
+
+def concepts_for(*texts):
+    concept_set = ConceptSet(encode=lambda text: text)
+    concept_set.add(texts)
+    return concept_set
+
+
+def run(tracker, concept_set, frames):
+    return [tracker.step(FRAMES[i % len(FRAMES)].rgb, concept_set.snapshot()) for i in frames]
+
+
+def published(outputs, instance_id=None):
+    return [[(i.id, i.state) for i in out.instances] for out in outputs]
+
+
+def test_one_object_gets_one_stable_id_after_the_confirmation_delay():
+    session = ScriptedSession()
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=15))
+    outputs = run(tracker, concepts_for("red ball"), range(40))
+    assert all(out.instances == [] for out in outputs[:15])  # hot-start: nothing published yet
+    ids = {i.id for out in outputs[15:] for i in out.instances}
+    assert ids == {1} and all(len(out.instances) == 1 for out in outputs[15:])
+    assert outputs[15].instances[0].state == STATE_NEW
+    assert all(out.instances[0].state == STATE_TRACKED for out in outputs[16:])
+    instance = outputs[30].instances[0]
+    np.testing.assert_array_equal(instance.mask.numpy() > 0.5, FRAMES[30].instances == 1)
+    assert instance.concept == "red ball" and instance.age == 30 and instance.score == pytest.approx(0.9)
+
+
+def test_every_instance_of_a_concept_gets_its_own_id():
+    tracker = ConceptTracker(ScriptedSession(), TrackerConfig(confirmation_frames=2))
+    outputs = run(tracker, concepts_for("red ball", "blue box", "purple ball"), range(10))
+    final = {i.concept: i.id for i in outputs[-1].instances}
+    assert set(final) == {"red ball", "blue box", "purple ball"} and len(set(final.values())) == 3
+
+
+def test_flicker_is_never_published():
+    flicker = np.zeros((96, 128), bool)
+    flicker[5:15, 100:120] = True  # a false "red ball" on empty wall for three frames
+    session = ScriptedSession(false_positives={f: [("red ball", flicker)] for f in (3, 4, 5)})
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=15, max_unmatched_tentative=8))
+    outputs = run(tracker, concepts_for("red ball"), range(40))
+    assert {i.id for out in outputs for i in out.instances} == {1}
+    assert outputs[3].started == [2]
+    removed_at = next(n for n, out in enumerate(outputs) if 2 in out.removed)
+    assert removed_at == 3 + 8  # the tracker sees nothing there: unmatched on frames 4..11
+
+
+def test_short_occlusion_keeps_the_id_and_reports_lost():
+    session = ScriptedSession(hidden={f: {1} for f in range(20, 30)})
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=5, keep_alive=30))
+    outputs = run(tracker, concepts_for("red ball"), range(45))
+    states = [out.instances[0].state for out in outputs[20:30]]
+    assert states == [STATE_LOST] * 10
+    assert not outputs[25].instances[0].mask.any()
+    assert {i.id for out in outputs[5:] for i in out.instances} == {1}
+    assert outputs[35].instances[0].state == STATE_TRACKED
+
+
+def test_long_absence_removes_the_track_and_a_return_gets_a_new_id():
+    session = ScriptedSession(hidden={f: {1} for f in range(10, 30)})
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=2, keep_alive=8))
+    outputs = run(tracker, concepts_for("red ball"), range(40))
+    removed_at = next(n for n, out in enumerate(outputs) if 1 in out.removed)
+    assert removed_at == 10 + 7  # keep-alive 8 spent on frames 10..17
+    assert ("remove_objects", [1]) in session.calls
+    assert {i.id for out in outputs[33:] for i in out.instances} == {2}
+
+
+def test_a_duplicate_track_is_removed_before_confirmation():
+    part = np.zeros((96, 128), bool)
+    ys, xs = np.nonzero(FRAMES[1].instances == 7)  # grey cabinet: a part of it, < 10 % of its area
+    part[ys[:5], xs[:5]] = True
+    session = ScriptedSession(false_positives={1: [("grey cabinet", part)]})
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=15, duplicate_frames=8))
+    outputs = run(tracker, concepts_for("grey cabinet"), range(30))
+    assert outputs[1].started == [2]  # the part overlaps no track: a second track on the same cabinet
+    removed_at = next(n for n, out in enumerate(outputs) if 2 in out.removed)
+    assert removed_at == 1 + 8  # one detection matched both tracks on frames 2..9: the younger goes
+    assert {i.id for out in outputs for i in out.instances} == {1}
+
+
+def test_detector_cadence_and_reanchoring():
+    session = ScriptedSession()
+    tracker = ConceptTracker(session, TrackerConfig(detect_every=3, confirmation_frames=3, recondition_every=6))
+    run(tracker, concepts_for("red ball"), range(24))
+    detected = [call[1] for call in session.calls if call[0] == "detect"]
+    assert detected == list(range(0, 24, 3))
+    conditioned = [call[1] for call in session.calls if call[0] == "commit" and call[3]]
+    assert conditioned == [6, 12, 18]  # confirmed, confident, overlapping: re-anchored on schedule
+
+
+def test_removing_a_concept_drops_its_tracks_and_ids_are_never_reused():
+    session = ScriptedSession()
+    concept_set = concepts_for("red ball", "blue box")
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=1))
+    run(tracker, concept_set, range(3))
+    removed = concept_set.remove(["red ball"])
+    assert [c.prompt_id for c in removed] == [1]
+    assert tracker.drop_concepts({1}) == [1]
+    outputs = run(tracker, concept_set, range(3, 6))
+    assert {i.concept for i in outputs[-1].instances} == {"blue box"}
+    concept_set.add(["red ball"])
+    assert concept_set.snapshot().keys() == {2, 3}  # re-added: a new prompt id
+    outputs = run(tracker, concept_set, range(6, 9))
+    assert {(i.concept, i.id) for i in outputs[-1].instances} == {("blue box", 2), ("red ball", 3)}
+
+
+def test_no_concepts_no_detection_and_max_objects():
+    session = ScriptedSession()
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=0, max_objects=2))
+    outputs = run(tracker, ConceptSet(encode=str), range(3))
+    assert all(not out.detected and out.instances == [] for out in outputs)
+    assert not [c for c in session.calls if c[0] == "detect"]
+    outputs = run(tracker, concepts_for("red ball", "blue box", "purple ball", "orange box"), range(3, 5))
+    assert len(tracker.tracks) == 2 and len(outputs[-1].instances) == 2
+
+
+def test_click_or_box_prompt_starts_a_confirmed_track():
+    session = ScriptedSession()
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=10))
+    with pytest.raises(ValueError):
+        tracker.prompt(box=(0, 0, 5, 5))
+    run(tracker, ConceptSet(encode=str), range(1))
+    ys, xs = np.nonzero(FRAMES[0].instances == 4)
+    obj_id = tracker.prompt(box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), concept="that can")
+    outputs = run(tracker, ConceptSet(encode=str), range(1, 4))
+    assert [(i.id, i.concept, i.state) for i in outputs[0].instances] == [(obj_id, "that can", STATE_NEW)]
+    assert outputs[2].instances[0].state == STATE_TRACKED
+    with pytest.raises(KeyError):
+        tracker.prompt(box=(0, 0, 1, 1), obj_id=99)
+
+
+def test_tracker_state_stays_bounded_over_a_long_stream():
+    # objects vanish and come back over and over: tracks are created and removed, state does not pile up
+    hidden = {f: {1, 2} for f in range(2000) if (f // 30) % 2}
+    session = ScriptedSession(hidden=hidden)
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=2, keep_alive=5))
+    sizes = []
+    concept_set = concepts_for("red ball", "blue box")
+    for n in range(600):
+        tracker.step(FRAMES[n % len(FRAMES)].rgb, concept_set.snapshot())
+        sizes.append(len(tracker.tracks))
+    assert max(sizes) <= 2 and tracker._next_id > 10
+
+
+def test_concept_set_validation_and_grammar():
+    def encode(text):
+        if len(text.split()) > 5:
+            raise BadInputError("concept", "too long")
+        return text
+
+    concept_set = ConceptSet(encode)
+    assert [c.prompt_id for c in concept_set.add(["Red  Mug", "chair", "red mug"])] == [1, 2, 1]
+    with pytest.raises(BadInputError):
+        concept_set.add(["fine", "a b c d e f"])
+    assert sorted(c.text for c in concept_set.snapshot().values()) == ["chair", "red mug"]  # nothing added
+    concept_set.set(["chair", "lamp"])
+    assert {c.text: c.prompt_id for c in concept_set.snapshot().values()} == {"chair": 2, "lamp": 3}
+    assert parse_concepts_message("red cup, -chair, ,lamp") == [
+        ConceptCommand(ADD, ("red cup",)), ConceptCommand(REMOVE, ("chair",)), ConceptCommand(ADD, ("lamp",))]
+    assert parse_concepts_message("=a, b") == [ConceptCommand(SET, ("a", "b"))]
+    assert parse_concepts_message("=") == [ConceptCommand(SET, ())]
+    for command in (ConceptCommand(SET, ("a", "b c")), ConceptCommand(REMOVE, ("chair",)),
+                    ConceptCommand(ADD, ("red cup", "chair"))):
+        commands = parse_concepts_message(format_concepts_message(command))
+        assert [p for c in commands for p in c.phrases] == list(command.phrases)
