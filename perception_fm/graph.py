@@ -31,8 +31,15 @@ def _depth_params() -> tuple[Param, ...]:
 
 
 # executable -> (module with main(), its parameter table besides MODEL_PARAMS)
+def _concept_params() -> tuple[Param, ...]:
+    from perception_fm.ros.segmentation_io import CONCEPT_PARAMS
+
+    return CONCEPT_PARAMS
+
+
 NODE_TYPES = {
     "depth_node": ("perception_fm.nodes.depth_node", _depth_params),
+    "concept_node": ("perception_fm.nodes.concept_node", _concept_params),
 }
 COMMON_PARAMS = ("use_sim_time",)  # ROS-wide parameters any node accepts
 

@@ -39,6 +39,14 @@ def model_options(values: dict[str, Any], extra_names: tuple[str, ...] = ()) -> 
     )
 
 
+class _WorkerCall:
+    def __init__(self, function):
+        self.function = function
+        self.done = threading.Event()
+        self.result = None
+        self.error: Exception | None = None
+
+
 class ModelNode(Node):
     """Base class of the task nodes. Subclasses set `task`, `default_model`, `params` and implement
     `reconfigure(values)` (build whatever depends on parameters) and `process(item)`."""
@@ -59,6 +67,8 @@ class ModelNode(Node):
         self.model_error: str | None = None
         self._slot: LatestSlot = LatestSlot(self.queue_size)
         self._drop_logged: dict[str, float] = {}
+        self._calls: list[_WorkerCall] = []
+        self._calls_lock = threading.Lock()
         self._reported_drops: dict[str, int] = {}
         self._reload = threading.Event()
         self._reconfigure = threading.Event()
@@ -150,9 +160,35 @@ class ModelNode(Node):
         if self._slot.put(item):
             self.stats.drop("stale")
 
-    def process(self, item: Any) -> float:
-        """Run the model on one frame and publish; return the model's time in ms."""
+    def process(self, item: Any) -> float | None:
+        """Run the model on one frame and publish; return the model's time in ms, or None when the frame
+        needed no model (counted as `skipped`, e.g. nothing to look for)."""
         raise NotImplementedError
+
+    def run_in_worker(self, function, timeout: float = 5.0, wait: bool = True):
+        """Run `function` in the worker thread between frames (model state is the worker's alone) and
+        return its result; raises TimeoutError if the worker does not get to it in time. With wait=False
+        it is queued and None returned at once."""
+        call = _WorkerCall(function)
+        with self._calls_lock:
+            self._calls.append(call)
+        if not wait:
+            return None
+        if not call.done.wait(timeout):
+            raise TimeoutError("the worker is busy; try again")
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _run_calls(self) -> None:
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for call in calls:
+            try:
+                call.result = call.function()
+            except Exception as error:  # handed back to the caller
+                call.error = error
+            call.done.set()
 
     def _work(self) -> None:
         self._load_model()
@@ -167,7 +203,8 @@ class ModelNode(Node):
                     self.reconfigure_with(self.model)
                 except ValueError as error:
                     self.get_logger().error(f"parameters rejected: {error}")
-            item = self._slot.take(timeout=0.1)
+            self._run_calls()
+            item = self._slot.take(timeout=0.05)
             if item is None:
                 continue
             if self.model is None:
@@ -183,7 +220,10 @@ class ModelNode(Node):
                 self.stats.drop("error")
                 self._log_drop("error", f"frame failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
             else:
-                self.stats.done((time.perf_counter() - started) * 1e3, inference_ms)
+                if inference_ms is None:
+                    self.stats.event("skipped")
+                else:
+                    self.stats.done((time.perf_counter() - started) * 1e3, inference_ms)
 
     def _log_drop(self, reason: str, text: str) -> None:
         """Log a dropped frame at most every DROP_LOG_PERIOD_S per reason (counters stay exact), so a bad
