@@ -14,6 +14,7 @@ launch files (robots), `perception-fm up` (launch-free) and `perception-fm repla
 """
 from __future__ import annotations
 
+import importlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,22 +25,21 @@ import yaml
 from perception_fm.nodes.params import MODEL_PARAMS, Param, resolve
 
 
-def _depth_params() -> tuple[Param, ...]:
-    from perception_fm.ros.depth_io import DEPTH_PARAMS
+@dataclass(frozen=True)
+class NodeType:
+    module: str  # has main(); `python -m module` runs the node
+    params: str  # "module:NAME" of its parameter table besides MODEL_PARAMS (imported when needed)
+    default_model: str  # used when the `model` parameter is empty
 
-    return DEPTH_PARAMS
-
-
-# executable -> (module with main(), its parameter table besides MODEL_PARAMS)
-def _concept_params() -> tuple[Param, ...]:
-    from perception_fm.ros.segmentation_io import CONCEPT_PARAMS
-
-    return CONCEPT_PARAMS
+    def param_table(self) -> tuple[Param, ...]:
+        module, name = self.params.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
 NODE_TYPES = {
-    "depth_node": ("perception_fm.nodes.depth_node", _depth_params),
-    "concept_node": ("perception_fm.nodes.concept_node", _concept_params),
+    "depth_node": NodeType("perception_fm.nodes.depth_node", "perception_fm.ros.depth_io:DEPTH_PARAMS", "da3-small"),
+    "concept_node": NodeType("perception_fm.nodes.concept_node", "perception_fm.ros.segmentation_io:CONCEPT_PARAMS",
+                             "sam3"),
 }
 COMMON_PARAMS = ("use_sim_time",)  # ROS-wide parameters any node accepts
 
@@ -53,19 +53,26 @@ class NodeConfig:
     parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def type(self) -> NodeType:
+        return NODE_TYPES[self.executable]
+
+    @property
     def module(self) -> str:
-        return NODE_TYPES[self.executable][0]
+        return self.type.module
 
     def param_table(self) -> tuple[Param, ...]:
-        return MODEL_PARAMS + NODE_TYPES[self.executable][1]()
+        return MODEL_PARAMS + self.type.param_table()
 
     def resolved_parameters(self) -> dict[str, Any]:
-        """Every parameter with its value (defaults filled in), checked; ValueError names the node."""
+        """Every parameter with its value (defaults filled in, `model` included), checked; ValueError names
+        the node."""
         own = {k: v for k, v in self.parameters.items() if k not in COMMON_PARAMS}
         try:
-            return resolve(self.param_table(), own)
+            values = resolve(self.param_table(), own)
         except ValueError as error:
             raise ValueError(f"node {self.name!r}: {error}") from None
+        values["model"] = values["model"] or self.type.default_model
+        return values
 
     def topic(self, relative: str) -> str:
         """The graph topic a node-relative topic name resolves to (remappings, then namespace)."""

@@ -137,3 +137,47 @@ def test_bag_io_round_trips_our_own_message_types(tmp_path):
     [(topic, t, message)] = read_all(tmp_path / "bag")
     assert (topic, t) == ("/depth/info", 5) and message == info
     assert message_class("perception_fm/msg/DepthInfo") is DepthInfo and message_class("nope_msgs/msg/X") is None
+
+
+def test_depth_and_concept_nodes_chain_offline(tmp_path, da3_small_checkpoint):
+    """depth_node then concept_node in one graph: the concept node gets the depth of the same frame from the
+    node before it, concepts from its parameter and from the bag's /concepts topic."""
+    from std_msgs.msg import String
+
+    from perception_fm.hookspecs import ModelSpec, Task, hookimpl
+    from perception_fm.plugin_manager import default_manager
+    from scripted_segmentation import SAMPLE as SCRIPTED_SAMPLE, ScriptedSegmentationModel
+
+    class ScriptedPlugin:
+        @hookimpl
+        def register_models(self):
+            return [ModelSpec(name="scripted-segmentation", task=Task.SEGMENTATION, summary="test double",
+                              create=lambda options: ScriptedSegmentationModel())]
+
+    if "scripted-segmentation" not in [e.spec.name for e in default_manager().models(Task.SEGMENTATION)]:
+        default_manager().register(ScriptedPlugin(), name="scripted-segmentation")
+    sample = SampleConfig(width=SCRIPTED_SAMPLE.width, height=SCRIPTED_SAMPLE.height, frames=6)
+    bag = tmp_path / "bag"
+    write_sample_bag(bag, sample)
+    with_commands = tmp_path / "with_commands"
+    with BagReader(bag) as reader, BagWriter(with_commands) as writer:
+        for item in reader.messages():
+            writer.write(item.topic, item.message, item.timestamp_ns)
+            if item.topic == "/camera/color/camera_info" and item.timestamp_ns == sample.start_ns + 200_000_000:
+                writer.write("/concepts", String(data="blue box"), item.timestamp_ns)
+    config = tmp_path / "graph.yaml"
+    config.write_text(yaml.safe_dump({"nodes": {
+        "depth_node": {"remappings": {"image": "/camera/color/image_raw", "camera_info": "/camera/color/camera_info"},
+                       "parameters": {"weights": str(da3_small_checkpoint), "process_res": 56}},
+        "concept_node": {"remappings": {"image": "/camera/color/image_raw"},
+                         "parameters": {"model": "scripted-segmentation", "concepts": "red ball", "use_depth": True,
+                                        "confirmation_frames": 1}}}}))
+    report = replay(with_commands, load_graph(config), tmp_path / "out", progress=False)
+    concept_report = report.nodes[1]
+    assert concept_report["processed"] == 6 and concept_report["events"].get("no_depth", 0) == 0
+    arrays = [m for topic, _, m in read_all(tmp_path / "out") if topic == "/instances"]
+    assert len(arrays) == 6
+    assert list(arrays[0].concepts) == ["red ball"] and list(arrays[-1].concepts) == ["red ball", "blue box"]
+    assert {i.concept for i in arrays[-1].instances} == {"red ball", "blue box"}
+    assert all(i.has_position and i.position.z > 0 for i in arrays[-1].instances)
+    assert report.outputs["/instances/overlay"] == 6 and report.outputs["/instances/labels"] == 6

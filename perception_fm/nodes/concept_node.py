@@ -23,6 +23,7 @@ from visualization_msgs.msg import MarkerArray
 
 from perception_fm.core.stamped_cache import StampedCache
 from perception_fm.errors import BadInputError
+from perception_fm.graph import NODE_TYPES
 from perception_fm.hookspecs import Task
 from perception_fm.msg import DepthInfo, InstanceArray
 from perception_fm.nodes.node_base import ModelNode, run_node
@@ -37,7 +38,7 @@ COMMANDS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # n
 
 class ConceptNode(ModelNode):
     task = Task.SEGMENTATION
-    default_model = "sam3"
+    default_model = NODE_TYPES["concept_node"].default_model
     params = io.CONCEPT_PARAMS
     model_extra_params = io.MODEL_EXTRA_PARAMS
 

@@ -19,6 +19,7 @@ from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from perception_fm.core.stamped_cache import StampedCache
+from perception_fm.graph import NODE_TYPES
 from perception_fm.hookspecs import Task
 from perception_fm.msg import DepthInfo
 from perception_fm.nodes.node_base import ModelNode, run_node
@@ -32,9 +33,9 @@ CAMERA_INFO_WAIT_S = 0.05
 
 class DepthNode(ModelNode):
     task = Task.DEPTH
-    default_model = "da3-small"
+    default_model = NODE_TYPES["depth_node"].default_model
     params = DEPTH_PARAMS
-    model_extra_params = ("process_res", "pose_method")
+    model_extra_params = depth_io.MODEL_EXTRA_PARAMS
 
     def __init__(self, **kwargs):
         super().__init__("depth_node", **kwargs)

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from perception_fm.core.stamped_cache import StampedCache
 from perception_fm.errors import BadInputError, PerceptionFmError
 from perception_fm.graph import Graph, NodeConfig
 from perception_fm.hookspecs import Task
 from perception_fm.nodes.node_base import model_options
 from perception_fm.plugin_manager import default_manager
 from perception_fm.replay.bag_io import BagMessage, BagReader, BagReadError, BagWriter
-from perception_fm.ros.tf import TF_STATIC_TOPIC, TF_TOPIC, TfBuffer
+from perception_fm.ros.tf import TF_STATIC_TOPIC, TF_TOPIC, TfBuffer, stamp_to_ns
 
 REPORT_FILE = "replay_report.json"
 
@@ -38,54 +39,58 @@ class Output:
     latched: bool = False
 
 
-class DepthReplay:
-    """depth_node offline: the same DepthFrameHandler as the live node, fed from the bag."""
+class ReplayNode:
+    """A node offline: its task's frame handler fed from the bag. Subclasses set `task` and implement
+    `setup()`, `inputs`, `on_input(item)` (non-image topics) and `on_frame(item) -> (inference_ms, outputs)`."""
+
+    task: Task
+
+    @property
+    def extra_params(self) -> tuple[str, ...]:
+        """Parameters passed to the model (the node's model_extra_params)."""
+        return ()
 
     def __init__(self, node: NodeConfig, tf: TfBuffer):
-        from perception_fm.ros import depth_io
-
         self.node = node
+        self.tf = tf
         self.values = node.resolved_parameters()
-        name = self.values["model"] or "da3-small"
-        self.model = default_manager().create(Task.DEPTH, name, model_options(self.values, ("process_res", "pose_method")))
-        self.events: Counter[str] = Counter()
-        self.handler = depth_io.DepthFrameHandler(
-            self.model, self.values, tf_lookup=lambda target, source, stamp, wait: tf.lookup(target, source, stamp),
-            on_event=lambda name: self.events.update([name]))
-        compressed = self.values["image_transport"] == "compressed"
+        self.model = default_manager().create(self.task, self.values["model"],
+                                              model_options(self.values, self.extra_params))
+        compressed = self.values.get("image_transport") == "compressed"
         self.image_topic = node.topic("image/compressed" if compressed else "image")
-        self.camera_info_topic = node.topic("camera_info")
-        self.topics = {name: node.topic(getattr(depth_io, f"TOPIC_{name.upper()}"))
-                       for name in ("depth", "confidence", "depth_info", "depth_camera_info", "points", "path")}
-        self.camera_info = None
         self.frames = 0
         self.drops: Counter[str] = Counter()
+        self.events: Counter[str] = Counter()
         self.inference_ms: list[float] = []
         self.errors: list[str] = []
+        self.setup()
+
+    def setup(self) -> None:
+        raise NotImplementedError
 
     @property
     def inputs(self) -> set[str]:
-        return {self.image_topic, self.camera_info_topic}
+        return {self.image_topic}
+
+    @property
+    def outputs(self) -> set[str]:
+        return set(self.topics.values())
 
     def check_bag(self, topics: dict[str, str]) -> list[str]:
-        """Errors that make the replay pointless, and warnings, given the bag's topics."""
+        """Raise ReplayError when the node's image topic is missing; return warnings."""
         if self.image_topic not in topics:
             image_topics = sorted(t for t, typ in topics.items() if typ.startswith("sensor_msgs/msg/") and "Image" in typ)
             raise ReplayError(f"node {self.node.name!r} reads {self.image_topic!r}, which is not in the bag; image "
                               f"topics in the bag: {', '.join(image_topics) or 'none'} (set remappings.image)")
-        warnings = []
-        if self.camera_info_topic not in topics:
-            warnings.append(f"{self.node.name}: no {self.camera_info_topic!r} in the bag: no intrinsics (clouds "
-                            "use predicted intrinsics where the model has them; metric models cannot run)")
-        return warnings
+        return []
 
     def handle(self, item: BagMessage) -> list[Output]:
-        if item.topic == self.camera_info_topic:
-            self.camera_info = item.message
+        if item.topic != self.image_topic:
+            self.on_input(item)
             return []
         self.frames += 1
         try:
-            output, messages = self.handler.handle(item.message, self.camera_info)
+            inference_ms, outputs = self.on_frame(item)
         except BadInputError as error:
             self.drops[error.reason] += 1
             self._error(f"frame at {item.timestamp_ns} ns dropped ({error.reason}): {error}")
@@ -94,21 +99,17 @@ class DepthReplay:
             self.drops["error"] += 1
             self._error(f"frame at {item.timestamp_ns} ns failed: {type(error).__name__}: {error}")
             return []
-        self.inference_ms.append(output.inference_ms)
-        messages.info.inference_ms = 0.0  # timings go to the report: the bag is the same on every run
-        if output.new_sequence and self.frames > 1:
-            self.events["sequence_reset"] += 1
-        from tf2_msgs.msg import TFMessage
-
-        outputs = [Output(self.topics["depth"], messages.depth), Output(self.topics["depth_info"], messages.info)]
-        optional = (("depth_camera_info", messages.camera_info), ("confidence", messages.confidence),
-                    ("points", messages.points), ("path", messages.path))
-        outputs += [Output(self.topics[name], message) for name, message in optional if message is not None]
-        if messages.transform is not None:
-            outputs.append(Output(TF_TOPIC, TFMessage(transforms=[messages.transform])))
-        if messages.static_transforms:
-            outputs.append(Output(TF_STATIC_TOPIC, TFMessage(transforms=messages.static_transforms), latched=True))
+        if inference_ms is None:
+            self.events["skipped"] += 1
+        else:
+            self.inference_ms.append(inference_ms)
         return outputs
+
+    def on_input(self, item: BagMessage) -> None:
+        pass
+
+    def on_frame(self, item: BagMessage) -> tuple[float | None, list[Output]]:
+        raise NotImplementedError
 
     def _error(self, text: str) -> None:
         if len(self.errors) < 20:  # bounded: a long bad stretch must not fill memory
@@ -117,7 +118,7 @@ class DepthReplay:
     def report(self) -> dict:
         timings = np.array(self.inference_ms) if self.inference_ms else np.zeros(1)
         return {
-            "node": self.node.name, "task": "depth", "model": self.model.name, "weights": self.model.weights,
+            "node": self.node.name, "task": str(self.task), "model": self.model.name, "weights": self.model.weights,
             "device": self.model.device, "input": self.image_topic, "frames": self.frames,
             "processed": len(self.inference_ms), "dropped": dict(self.drops), "events": dict(self.events),
             "inference_ms": {"mean": float(timings.mean()), "p50": float(np.percentile(timings, 50)),
@@ -126,7 +127,133 @@ class DepthReplay:
         }
 
 
-REPLAY_NODES = {"depth_node": DepthReplay}
+class DepthReplay(ReplayNode):
+    """depth_node offline: the same DepthFrameHandler as the live node."""
+
+    task = Task.DEPTH
+
+    def setup(self) -> None:
+        from perception_fm.ros import depth_io
+
+        self.handler = depth_io.DepthFrameHandler(
+            self.model, self.values,
+            tf_lookup=lambda target, source, stamp, wait: self.tf.lookup(target, source, stamp),
+            on_event=lambda name: self.events.update([name]))
+        self.camera_info_topic = self.node.topic("camera_info")
+        self.topics = {name: self.node.topic(getattr(depth_io, f"TOPIC_{name.upper()}"))
+                       for name in ("depth", "confidence", "depth_info", "depth_camera_info", "points", "path")}
+        self.camera_info = None
+
+    @property
+    def extra_params(self) -> tuple[str, ...]:
+        from perception_fm.ros.depth_io import MODEL_EXTRA_PARAMS
+
+        return MODEL_EXTRA_PARAMS
+
+    @property
+    def inputs(self) -> set[str]:
+        return {self.image_topic, self.camera_info_topic}
+
+    def check_bag(self, topics: dict[str, str]) -> list[str]:
+        warnings = super().check_bag(topics)
+        if self.camera_info_topic not in topics:
+            warnings.append(f"{self.node.name}: no {self.camera_info_topic!r} in the bag: no intrinsics (clouds "
+                            "use predicted intrinsics where the model has them; metric models cannot run)")
+        return warnings
+
+    def on_input(self, item: BagMessage) -> None:
+        self.camera_info = item.message
+
+    def on_frame(self, item: BagMessage):
+        from tf2_msgs.msg import TFMessage
+
+        output, messages = self.handler.handle(item.message, self.camera_info)
+        if output.new_sequence and self.frames > 1:
+            self.events["sequence_reset"] += 1
+        messages.info.inference_ms = 0.0  # timings go to the report: the bag is the same on every run
+        outputs = [Output(self.topics["depth"], messages.depth), Output(self.topics["depth_info"], messages.info)]
+        optional = (("depth_camera_info", messages.camera_info), ("confidence", messages.confidence),
+                    ("points", messages.points), ("path", messages.path))
+        outputs += [Output(self.topics[name], message) for name, message in optional if message is not None]
+        if messages.transform is not None:
+            outputs.append(Output(TF_TOPIC, TFMessage(transforms=[messages.transform])))
+        if messages.static_transforms:
+            outputs.append(Output(TF_STATIC_TOPIC, TFMessage(transforms=messages.static_transforms), latched=True))
+        return output.inference_ms, outputs
+
+
+class ConceptReplay(ReplayNode):
+    """concept_node offline: concepts from its parameter and from the bag's `concepts` topic; depth from the
+    bag or from a depth node of the same graph (which runs first, so its output for a frame arrives before
+    the frame itself reaches this node)."""
+
+    task = Task.SEGMENTATION
+
+    def setup(self) -> None:
+        from perception_fm.pipelines.concepts import parse_concepts_message
+        from perception_fm.ros import segmentation_io as io
+
+        self.io = io
+        self.parse = parse_concepts_message
+        self.handler = io.SegmentationFrameHandler(self.model, self.values)
+        self.concepts_topic = self.node.topic(io.TOPIC_CONCEPTS)
+        self.depth_topics = {self.node.topic(io.TOPIC_DEPTH): "depth",
+                             self.node.topic(io.TOPIC_DEPTH_CAMERA_INFO): "camera_info",
+                             self.node.topic("depth/info"): "info"} if self.values["use_depth"] else {}
+        self.depth_cache: dict[str, StampedCache] = {"depth": StampedCache(8), "camera_info": StampedCache(8)}
+        self.depth_metric = False
+        self.topics = {name: self.node.topic(getattr(io, f"TOPIC_{name.upper()}"))
+                       for name in ("instances", "labels", "overlay", "markers")}
+
+    @property
+    def extra_params(self) -> tuple[str, ...]:
+        from perception_fm.ros.segmentation_io import MODEL_EXTRA_PARAMS
+
+        return MODEL_EXTRA_PARAMS
+
+    @property
+    def inputs(self) -> set[str]:
+        return {self.image_topic, self.concepts_topic, *self.depth_topics}
+
+    def on_input(self, item: BagMessage) -> None:
+        if item.topic == self.concepts_topic:
+            for command in self.parse(item.message.data):
+                try:
+                    self.handler.concepts.apply(command)
+                except (BadInputError, ValueError) as error:
+                    self.events["bad_concept"] += 1
+                    self._error(f"concept command at {item.timestamp_ns} ns refused: {error}")
+            return
+        kind = self.depth_topics[item.topic]
+        if kind == "info":
+            self.depth_metric = item.message.is_metric
+        else:
+            self.depth_cache[kind].put(stamp_to_ns(item.message.header.stamp), item.message)
+
+    def on_frame(self, item: BagMessage):
+        depth = None
+        if self.depth_topics:
+            stamp = stamp_to_ns(item.message.header.stamp)
+            image = self.depth_cache["depth"].get(stamp)
+            info = self.depth_cache["camera_info"].get(stamp)
+            if image is not None and info is not None and stamp_to_ns(image.header.stamp) == stamp:
+                depth = self.io.depth_frame(image, info, self.depth_metric)
+            else:
+                self.events["no_depth"] += 1
+        result = self.handler.handle(item.message, depth)
+        if result is None:
+            return None, []
+        _, messages = result
+        inference_ms, messages.instances.inference_ms = messages.instances.inference_ms, 0.0
+        outputs = [Output(self.topics["instances"], messages.instances)]
+        for name in ("labels", "overlay", "markers"):
+            message = getattr(messages, name)
+            if message is not None:
+                outputs.append(Output(self.topics[name], message))
+        return inference_ms, outputs
+
+
+REPLAY_NODES = {"depth_node": DepthReplay, "concept_node": ConceptReplay}
 
 
 @dataclass
@@ -143,6 +270,21 @@ class ReplayReport:
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
+
+
+def _producers_first(nodes: list[ReplayNode]) -> list[ReplayNode]:
+    """Nodes ordered so that a node producing a topic comes before the nodes consuming it (stable
+    otherwise): e.g. depth_node before a concept_node using its depth, whatever the config's order."""
+    ordered, remaining = [], list(nodes)
+    while remaining:
+        ready = [n for n in remaining
+                 if not any(n.inputs & other.outputs for other in remaining if other is not n)]
+        if not ready:
+            raise ReplayError("the graph's nodes feed each other in a cycle: "
+                              + ", ".join(n.node.name for n in remaining))
+        ordered.append(ready[0])
+        remaining.remove(ready[0])
+    return ordered
 
 
 class _Progress:
@@ -184,10 +326,20 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
         warnings = [warning for node in nodes for warning in node.check_bag(topics)]
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        nodes = _producers_first(nodes)
         routes: dict[str, list] = {}
-        for node in nodes:
+        for node in nodes:  # a node's outputs reach its consumers before the frame itself does
             for topic in node.inputs:
                 routes.setdefault(topic, []).append(node)
+
+        def dispatch(item: BagMessage) -> None:
+            for node in routes.get(item.topic, ()):
+                for output in node.handle(item):
+                    writer.write(output.topic, output.message, item.timestamp_ns, latched=output.latched)
+                    dispatch(BagMessage(output.topic, "", item.timestamp_ns, output.message))
+                if item.topic == node.image_topic:
+                    bar.step()
+
         frames = sum(reader.count(node.image_topic) for node in nodes)
         bar = _Progress(frames, progress)
         unknown: dict = {}
@@ -199,11 +351,7 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
                     writer.write(item.topic, item.message, item.timestamp_ns, latched=item.topic == TF_STATIC_TOPIC)
                     if item.topic in (TF_TOPIC, TF_STATIC_TOPIC):
                         tf.add(item.message, static=item.topic == TF_STATIC_TOPIC)
-                    for node in routes.get(item.topic, ()):
-                        for output in node.handle(item):
-                            writer.write(output.topic, output.message, item.timestamp_ns, latched=output.latched)
-                        if item.topic == node.image_topic:
-                            bar.step()
+                    dispatch(item)
             except BagReadError as error:
                 bag_error = str(error)
                 print(f"\nerror: {error}; the output holds everything before it", file=sys.stderr)

@@ -61,7 +61,7 @@ DEPTH_PARAMS = (
     Param("publish_confidence", True, "Publish depth/confidence when the model predicts it."),
     Param("publish_points", True, "Publish the point cloud."),
 )
-
+MODEL_EXTRA_PARAMS = ("process_res", "pose_method")  # passed to the model: a change reloads it
 
 # Topic names relative to the node's namespace (remap them in launch files / config).
 TOPIC_DEPTH = "depth/image"
