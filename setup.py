@@ -34,7 +34,10 @@ ROS_BUILD_WHEELS = [
         "-target-dependencies", "-test", "-version",
     )
 ]
-DEV = ["pytest>=7", "pytest-timeout>=2"]
+# Evaluation: the report's plots; the reference tools the tests compare our metrics with (trackeval is
+# installed with --no-deps by scripts/setup.sh: its requirements pull opencv-python over the headless one).
+EVAL = ["matplotlib>=3.7", "evo>=1.28"]
+DEV = ["pytest>=7", "pytest-timeout>=2", "pycocotools>=2.0.7", "tabulate>=0.9"]
 
 setup(
     name="perception_fm",
@@ -47,6 +50,7 @@ setup(
     install_requires=CORE,
     extras_require={
         "da3": DA3,
+        "eval": EVAL,
         "ros-wheels": ROS_WHEELS + ROS_BUILD_WHEELS,
         "dev": DEV,
     },

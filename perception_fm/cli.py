@@ -3,6 +3,7 @@
   perception-fm plugins                      installed models, their task, licence and what they miss
   perception-fm up CONFIG                    start a graph config's nodes (launch-free; robots: ros2 launch)
   perception-fm replay IN_BAG --config CONFIG --out OUT_BAG   offline, deterministic replay
+  perception-fm eval OUT_BAG [--gt GT]       metrics against ground truth, HTML report
   perception-fm sample OUT_BAG               write the synthetic sample bag
   perception-fm bench codec|da3              benchmarks
 """
@@ -137,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--force", action="store_true")
     sample.set_defaults(func=cmd_sample)
 
+    sub.add_parser("eval", help="evaluate an output bag against ground truth (metrics + HTML report); "
+                                "`perception-fm eval --help` for its options")
+
     bench = sub.add_parser("bench", help="benchmarks (figures, not tests)")
     bench.add_argument("suite", choices=("codec", "da3"))
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the suite (--help for its own)")
@@ -147,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from perception_fm.errors import PerceptionFmError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:  # its own options (and --help) go to perception_fm.eval.cli untouched
+        from perception_fm.eval.cli import main as eval_main
+
+        return eval_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -5,7 +5,8 @@
 #   scripts/run_sample.sh                      random-weight DA3-Small (no weights needed; says so loudly)
 #   scripts/run_sample.sh --weights DIR_OR_HUB real weights: a local directory or a hub id (e.g.
 #                                              depth-anything/DA3-SMALL, downloaded once with `hf download`)
-# Outputs go to out/ (OUT=... to change): out/sample_bag (input), out/sample_depth (output bag + report).
+# Outputs go to out/ (OUT=... to change): out/sample_bag (input), out/sample_depth (output bag + replay report),
+# out/sample_report.html (metrics against the sample's ground truth, plots, sample frames) + sample_metrics.json.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 py="${PERCEPTION_FM_VENV:-$root/.venv}/bin/python"
@@ -35,3 +36,4 @@ else
        "this checks the whole path (decode, model, chaining, clouds, TF, bag). Outputs are labelled random-init."
   "$py" -m perception_fm.cli replay "$out/sample_bag" --config "$config" --out "$out/sample_depth" --random-weights
 fi
+"$py" -m perception_fm.cli eval "$out/sample_depth" --report "$out/sample_report.html" --json "$out/sample_metrics.json"
