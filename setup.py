@@ -7,7 +7,7 @@ from setuptools import find_packages, setup
 
 # Python dependencies of the core. ROS itself (rclpy, message packages) comes from apt on a robot and
 # from the ros-kilted-* wheels in a venv (extra "ros-wheels"), so it is not an install requirement.
-CORE = ["numpy>=1.24", "pluggy>=1.3", "PyYAML>=6", "scipy>=1.10", "rosbags>=0.10", "opencv-python-headless>=4.8"]
+CORE = ["numpy>=1.24", "pluggy>=1.3", "PyYAML>=6", "scipy>=1.10", "rosbags>=0.10", "mcap>=1.1", "opencv-python-headless>=4.8"]
 # Depth Anything 3: the network needs these; the depth-anything-3 package itself is installed with
 # --no-deps by scripts/setup.sh because its declared requirements are far wider than the network's.
 DA3 = ["torch>=2.2", "omegaconf>=2.3", "addict>=2.4", "einops>=0.7", "safetensors>=0.4", "huggingface_hub>=0.23",

@@ -181,3 +181,68 @@ def test_depth_and_concept_nodes_chain_offline(tmp_path, da3_small_checkpoint):
     assert {i.concept for i in arrays[-1].instances} == {"red ball", "blue box"}
     assert all(i.has_position and i.position.z > 0 for i in arrays[-1].instances)
     assert report.outputs["/instances/overlay"] == 6 and report.outputs["/instances/labels"] == 6
+
+
+def test_truncated_bag_processes_what_precedes_the_damage(tmp_path, sample_bag, da3_small_checkpoint):
+    import shutil
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(sample_bag, damaged)
+    [mcap] = damaged.glob("*.mcap")
+    data = mcap.read_bytes()
+    mcap.write_bytes(data[: int(len(data) * 0.6)])  # a recorder killed mid-write: no footer, cut record
+    out = tmp_path / "out"
+    report = replay(damaged, load_graph(graph_file(tmp_path, da3_small_checkpoint)), out, progress=False)
+    assert report.bag_error and "byte offset" in report.bag_error and "after topic" in report.bag_error
+    assert any("no index" in warning for warning in report.warnings)
+    processed = report.nodes[0]["processed"]
+    assert 1 <= processed < 6
+    depth = [m for topic, _, m in read_all(out) if topic == "/depth/image"]
+    assert len(depth) == processed  # the output bag is complete and readable
+    code = main(["replay", str(damaged), "--config", str(graph_file(tmp_path, da3_small_checkpoint)), "--out",
+                 str(tmp_path / "out2"), "--quiet"])
+    assert code == 1  # a damaged input is reported in the exit status
+
+
+def test_unknown_types_pass_through_and_sqlite3_bags_are_read(tmp_path, sample_bag, da3_small_checkpoint):
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    store.register(get_types_from_msg("int32 size\nstring name\n", "acme_msgs/msg/Widget"))
+    widget_type = store.types["acme_msgs/msg/Widget"]
+    bag = tmp_path / "sqlite"
+    with BagReader(sample_bag) as reader, Writer(bag, version=9, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        connections = {}
+        for item in reader.messages():
+            if item.topic not in connections:
+                connections[item.topic] = writer.add_connection(item.topic, item.msgtype, typestore=store)
+            from rclpy.serialization import serialize_message
+            writer.write(connections[item.topic], item.timestamp_ns, serialize_message(item.message))
+        widget = writer.add_connection("/widget", "acme_msgs/msg/Widget", typestore=store)
+        payload = store.serialize_cdr(widget_type(size=7, name="gear"), "acme_msgs/msg/Widget")
+        writer.write(widget, SAMPLE.start_ns, payload)
+    assert list(bag.glob("*.db3"))
+    out = tmp_path / "out"
+    report = replay(bag, load_graph(graph_file(tmp_path, da3_small_checkpoint)), out, progress=False)
+    assert report.nodes[0]["processed"] == 6 and report.unknown_types == {"/widget": ["acme_msgs/msg/Widget", 1]}
+    with BagReader(out) as reader:
+        [item] = [m for m in reader.messages(topics={"/widget"})]
+    assert item.message is None and item.raw == bytes(payload)
+    assert "int32 size" in item.definition[0]
+
+
+def test_stamps_going_backwards_restart_the_sequence(tmp_path, sample_bag, da3_small_checkpoint):
+    looped = tmp_path / "looped"  # the sample played twice in one bag, as `ros2 bag play --loop` records
+    with BagReader(sample_bag) as reader, BagWriter(looped) as writer:
+        items = list(reader.messages())
+        for item in items:
+            writer.write(item.topic, item.message, item.timestamp_ns)
+        for item in items:
+            if item.topic in ("/camera/color/image_raw", "/camera/color/camera_info"):
+                writer.write(item.topic, item.message, item.timestamp_ns + 10**9)
+    report = replay(looped, load_graph(graph_file(tmp_path, da3_small_checkpoint)), tmp_path / "out", progress=False)
+    node = report.nodes[0]
+    assert node["processed"] == 12 and node["events"]["sequence_reset"] == 1 and node["dropped"] == {}
+    infos = [m for topic, _, m in read_all(tmp_path / "out") if topic == "/depth/info"]
+    assert [i.window_size for i in infos][5:8] == [3, 1, 2]  # the window starts again after the jump

@@ -324,6 +324,9 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
                 raise ReplayError(f"node {node.name!r} ({node.executable}) has no offline replay")
             nodes.append(REPLAY_NODES[node.executable](node, tf))
         warnings = [warning for node in nodes for warning in node.check_bag(topics)]
+        if reader.streaming:
+            warnings.append(f"the bag has no index ({reader._reader.reason}): read as a stream up to its end or "
+                            "its first damage")
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         nodes = _producers_first(nodes)
@@ -348,6 +351,9 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
             try:
                 for item in reader.messages(unknown=unknown):
                     messages_in += 1
+                    if item.message is None:  # a type not installed here: passed through untouched
+                        writer.write_raw(item)
+                        continue
                     writer.write(item.topic, item.message, item.timestamp_ns, latched=item.topic == TF_STATIC_TOPIC)
                     if item.topic in (TF_TOPIC, TF_STATIC_TOPIC):
                         tf.add(item.message, static=item.topic == TF_STATIC_TOPIC)
@@ -364,6 +370,7 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
         bag_error=bag_error,
     )
     for topic, (msgtype, count) in unknown.items():
-        print(f"warning: skipped {count} messages of {topic!r}: type {msgtype} is not installed here", file=sys.stderr)
+        print(f"warning: {count} messages of {topic!r} passed through unread: type {msgtype} is not installed "
+              "here", file=sys.stderr)
     (output_bag / REPORT_FILE).write_text(json.dumps(report.to_dict(), indent=2))
     return report
