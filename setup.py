@@ -34,6 +34,9 @@ ROS_BUILD_WHEELS = [
         "-target-dependencies", "-test", "-version",
     )
 ]
+# Speech: PocketSphinx (ships an English model, offline); Whisper runs through transformers (SAM3 extra).
+# sounddevice is for the microphone source (needs the system's PortAudio, libportaudio2).
+SPEECH = ["pocketsphinx>=5.0", "sounddevice>=0.4"]
 # Evaluation: the report's plots; the reference tools the tests compare our metrics with (trackeval is
 # installed with --no-deps by scripts/setup.sh: its requirements pull opencv-python over the headless one).
 EVAL = ["matplotlib>=3.7", "evo>=1.28"]
@@ -51,6 +54,7 @@ setup(
     extras_require={
         "da3": DA3,
         "eval": EVAL,
+        "speech": SPEECH,
         "ros-wheels": ROS_WHEELS + ROS_BUILD_WHEELS,
         "dev": DEV,
     },

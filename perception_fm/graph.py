@@ -40,6 +40,7 @@ NODE_TYPES = {
     "depth_node": NodeType("perception_fm.nodes.depth_node", "perception_fm.ros.depth_io:DEPTH_PARAMS", "da3-small"),
     "concept_node": NodeType("perception_fm.nodes.concept_node", "perception_fm.ros.segmentation_io:CONCEPT_PARAMS",
                              "sam3"),
+    "speech_node": NodeType("perception_fm.nodes.speech_node", "perception_fm.speech.params:SPEECH_PARAMS", "pocketsphinx"),
 }
 COMMON_PARAMS = ("use_sim_time",)  # ROS-wide parameters any node accepts
 

@@ -22,6 +22,20 @@ fi
 py="$venv/bin/python"
 pip() { "$py" -m pip --disable-pip-version-check "$@"; }
 
+# System packages the tests use (espeak-ng speaks commands for the speech end-to-end test; chromium renders
+# the evaluation report for its check; PortAudio lets the speech node use a microphone). Only where apt is
+# usable (root); elsewhere those tests say what is missing.
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  missing=()
+  for package in espeak-ng libportaudio2; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    step "installing system packages: ${missing[*]}"
+    apt-get install -y -q "${missing[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
+  fi
+fi
+
 step "installing torch ($torch_spec)"
 # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options
 pip install -q $torch_spec
@@ -30,7 +44,7 @@ step "installing Depth Anything 3 (network only: its declared requirements pull 
 pip install -q --no-deps "depth-anything-3==0.1.1"
 
 step "installing perception_fm with the ROS 2 Kilted wheels"
-pip install -q -e "$root[da3,eval,ros-wheels,dev]"
+pip install -q -e "$root[da3,eval,speech,ros-wheels,dev]"
 pip install -q --no-deps "trackeval==1.3.0"  # HOTA reference for the tests; its requirements replace opencv
 
 step "building ROS interfaces"
