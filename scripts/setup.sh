@@ -22,9 +22,8 @@ fi
 py="$venv/bin/python"
 pip() { "$py" -m pip --disable-pip-version-check "$@"; }
 
-# System packages the tests use (espeak-ng speaks commands for the speech end-to-end test; chromium renders
-# the evaluation report for its check; PortAudio lets the speech node use a microphone). Only where apt is
-# usable (root); elsewhere those tests say what is missing.
+# System packages (espeak-ng speaks commands for the speech end-to-end test; PortAudio lets the speech node
+# use a microphone). Only where apt is usable (root); elsewhere the tests that need them say what is missing.
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   missing=()
   for package in espeak-ng libportaudio2; do
@@ -32,7 +31,9 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   done
   if [ ${#missing[@]} -gt 0 ]; then
     step "installing system packages: ${missing[*]}"
-    apt-get install -y -q "${missing[@]}" >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q "${missing[@]}" >/dev/null; }
+    apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "${missing[@]}" >/dev/null 2>&1; } \
+      || echo "warning: could not install ${missing[*]}; the tests that need them will say so"
   fi
 fi
 
