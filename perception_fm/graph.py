@@ -40,7 +40,11 @@ NODE_TYPES = {
     "depth_node": NodeType("perception_fm.nodes.depth_node", "perception_fm.ros.depth_io:DEPTH_PARAMS", "da3-small"),
     "concept_node": NodeType("perception_fm.nodes.concept_node", "perception_fm.ros.segmentation_io:CONCEPT_PARAMS",
                              "sam3"),
-    "speech_node": NodeType("perception_fm.nodes.speech_node", "perception_fm.speech.params:SPEECH_PARAMS", "pocketsphinx"),
+    "speech_node": NodeType("perception_fm.nodes.speech_node", "perception_fm.speech.params:SPEECH_PARAMS",
+                            "pocketsphinx"),
+    "object_mesh_node": NodeType("perception_fm.nodes.object_mesh_node", "perception_fm.ros.object_mesh_io:OBJECT_PARAMS",
+                                 "sam3d-objects"),
+    "body_node": NodeType("perception_fm.nodes.body_node", "perception_fm.ros.body_io:BODY_PARAMS", "sam3d-body"),
 }
 COMMON_PARAMS = ("use_sim_time",)  # ROS-wide parameters any node accepts
 

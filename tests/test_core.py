@@ -70,3 +70,17 @@ def test_bounded_queue_keeps_the_newest_in_order():
     dropped = [queue.put(i) for i in range(5)]
     assert dropped == [False, False, False, True, True] and queue.replaced == 2
     assert [queue.take(timeout=0) for _ in range(4)] == [2, 3, 4, None]
+
+
+def test_keyed_queue_keeps_one_job_per_key_in_place():
+    class Job:
+        def __init__(self, key, value):
+            self.key, self.value = key, value
+
+    queue = LatestSlot(capacity=3, keyed=True)
+    queue.put(Job(1, "a"))
+    queue.put(Job(2, "b"))
+    assert queue.put(Job(1, "c")) is True  # replaces track 1's job where it stood
+    queue.put(Job(3, "d"))
+    queue.put(Job(4, "e"))  # full: the oldest goes
+    assert [queue.take(timeout=0).value for _ in range(3)] == ["b", "d", "e"] and queue.replaced == 2

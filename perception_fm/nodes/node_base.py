@@ -56,6 +56,7 @@ class ModelNode(Node):
     params: tuple[Param, ...] = ()
     model_extra_params: tuple[str, ...] = ()  # parameters that are passed to the model and need a reload
     queue_size: int = 1  # items waiting for the worker; 1 = latest-frame policy (older ones dropped as stale)
+    keyed_queue: bool = False  # items with the same `key` replace each other in the queue (one job per track)
 
     def __init__(self, node_name: str, **kwargs):
         super().__init__(node_name, **kwargs)
@@ -65,7 +66,7 @@ class ModelNode(Node):
         self.stats = NodeStats()
         self.model = None
         self.model_error: str | None = None
-        self._slot: LatestSlot = LatestSlot(self.queue_size)
+        self._slot: LatestSlot = LatestSlot(self.queue_size, keyed=self.keyed_queue)
         self._drop_logged: dict[str, float] = {}
         self._calls: list[_WorkerCall] = []
         self._calls_lock = threading.Lock()

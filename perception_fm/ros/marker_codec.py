@@ -27,7 +27,7 @@ class MarkerSpec:
     stamp: tuple[int, int]  # (sec, nanosec)
     ns: str = ""
     id: int = 0
-    type: int = TRIANGLE_LIST
+    type: int = ARROW  # like visualization_msgs/Marker: set it
     action: int = ADD
     position: tuple[float, float, float] = (0.0, 0.0, 0.0)
     orientation: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 1.0)  # x, y, z, w
