@@ -34,9 +34,13 @@ ROS_BUILD_WHEELS = [
         "-target-dependencies", "-test", "-version",
     )
 ]
+# SAM 3 (and Whisper) through Hugging Face transformers; torchvision is never needed (our preprocessing).
+SAM3 = ["transformers>=5.20", "tokenizers>=0.21"]
 # Speech: PocketSphinx (ships an English model, offline); Whisper runs through transformers (SAM3 extra).
 # sounddevice is for the microphone source (needs the system's PortAudio, libportaudio2).
 SPEECH = ["pocketsphinx>=5.0", "sounddevice>=0.4"]
+# Object and body meshes: decimation (quadric, fast-simplification) and GLB/PLY/OBJ export (trimesh).
+MESH = ["trimesh>=4", "fast-simplification>=0.1"]
 # Evaluation: the report's plots; the reference tools the tests compare our metrics with (trackeval is
 # installed with --no-deps by scripts/setup.sh: its requirements pull opencv-python over the headless one).
 EVAL = ["matplotlib>=3.7", "evo>=1.28"]
@@ -53,8 +57,10 @@ setup(
     install_requires=CORE,
     extras_require={
         "da3": DA3,
+        "sam3": SAM3,
         "eval": EVAL,
         "speech": SPEECH,
+        "mesh": MESH,
         "ros-wheels": ROS_WHEELS + ROS_BUILD_WHEELS,
         "dev": DEV,
     },

@@ -45,8 +45,9 @@ step "installing Depth Anything 3 (network only: its declared requirements pull 
 pip install -q --no-deps "depth-anything-3==0.1.1"
 
 step "installing perception_fm with the ROS 2 Kilted wheels"
-pip install -q -e "$root[da3,eval,speech,ros-wheels,dev]"
+pip install -q -e "$root[da3,sam3,eval,speech,mesh,ros-wheels,dev]"
 pip install -q --no-deps "trackeval==1.3.0"  # HOTA reference for the tests; its requirements replace opencv
+pip install -q --no-deps "open-clip-torch==3.3.0"  # only its CLIP BPE vocabulary (offline SAM 3 tokenizer in tests)
 
 step "building ROS interfaces"
 bash "$root/scripts/build_interfaces.sh" "$venv"
