@@ -5,7 +5,7 @@
   perception-fm replay IN_BAG --config CONFIG --out OUT_BAG   offline, deterministic replay
   perception-fm eval OUT_BAG [--gt GT]       metrics against ground truth, HTML report
   perception-fm sample OUT_BAG               write the synthetic sample bag
-  perception-fm bench codec|da3              benchmarks
+  perception-fm bench SUITE                  benchmarks (codec, da3, sam3, sam3d, node, suite)
 """
 from __future__ import annotations
 
@@ -27,7 +27,10 @@ def cmd_plugins(args) -> int:
                            "license": e.spec.license, "weights": e.spec.default_weights,
                            "summary": e.spec.summary, "missing": e.missing} for e in entries], indent=2))
         return 0
-    rows = [(str(e.spec.task), e.spec.name, e.spec.license, e.plugin,
+    def short(text: str, width: int = 44) -> str:  # full licence texts: --json
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    rows = [(str(e.spec.task), e.spec.name, short(e.spec.license), e.plugin,
              "ok" if not e.missing else "missing: " + ", ".join(e.missing)) for e in entries]
     header = ("TASK", "MODEL", "LICENSE", "PLUGIN", "STATUS")
     widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
@@ -98,6 +101,15 @@ def cmd_sample(args) -> int:
     return synthetic.main(argv) or 0
 
 
+def bench_suites() -> list[str]:
+    """Benchmarks are the modules perception_fm/bench/<name>_bench.py."""
+    import pkgutil
+
+    import perception_fm.bench
+
+    return sorted(m.name[:-6] for m in pkgutil.iter_modules(perception_fm.bench.__path__) if m.name.endswith("_bench"))
+
+
 def cmd_bench(args) -> int:
     import importlib
 
@@ -142,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "`perception-fm eval --help` for its options")
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not tests)")
-    bench.add_argument("suite", choices=("codec", "da3"))
+    bench.add_argument("suite", choices=bench_suites())
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of the suite (--help for its own)")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -74,6 +74,7 @@ class StickBodyModel:
     joint_parents = PARENTS
     keypoint_names = ("nose", "left_wrist", "right_wrist")
     faces = np.concatenate([CUBE_FACES + 8 * j for j in range(len(JOINTS))]).astype(np.int32)
+    ROOT_ROTATION = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # a quarter turn about z
 
     def pose_from_params(self, params, camera_translation):
         from scipy.spatial.transform import Rotation
@@ -100,7 +101,7 @@ class StickBodyModel:
             results.append(BodyEstimate(params=params, camera_translation=translation.astype(np.float32),
                                         vertices=vertices, joints=joints,
                                         keypoints_2d=np.array([[x0, y0], [x0, y1], [x1, y1]], np.float32),
-                                        keypoints_3d=joints[[2, 3, 4]]))
+                                        keypoints_3d=joints[[2, 3, 4]], root_rotation=self.ROOT_ROTATION))
         return results
 
 

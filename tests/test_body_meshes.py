@@ -104,6 +104,7 @@ def test_messages_markers_and_tf():
     [tf5, tf6] = messages.transforms
     assert tf5.child_frame_id == "person_5" and tf5.header.frame_id == "camera"
     np.testing.assert_allclose(transform_to_matrix(tf5.transform)[:3, 3], persons[0].estimate.joints[0], atol=1e-6)
+    np.testing.assert_allclose(transform_to_matrix(tf5.transform)[:3, :3], StickBodyModel.ROOT_ROTATION, atol=1e-9)
 
 
 def test_nobody_means_no_model_call():

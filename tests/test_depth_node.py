@@ -230,3 +230,34 @@ def test_unknown_model_leaves_the_node_up_until_parameters_fix_it(probe, da3_sma
         assert not future.result().results[0].successful
     finally:
         stop_node(node)
+
+
+def test_sim_time_from_clock_is_honoured(probe, da3_small_checkpoint):
+    """ros2 bag play --clock: with use_sim_time the node's clock (diagnostics stamps) follows /clock, and
+    outputs keep the bag's image stamps."""
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    node = start_node("perception_fm.nodes.depth_node", *node_args(da3_small_checkpoint, "-p", "use_sim_time:=true"))
+    try:
+        clock = probe.publisher(Clock, "/clock")
+        image_pub = probe.publisher(Image, "/test/image")
+        sim_time = Time(sec=12345, nanosec=0)
+        probe.wait_until(lambda: clock.get_subscription_count() > 0, 30, "/clock subscribed")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            clock.publish(Clock(clock=sim_time))
+            diagnostics = [m for m in probe.received("/diagnostics") if m.status and "depth_node" in m.status[0].name]
+            if diagnostics and diagnostics[-1].header.stamp.sec >= 12345 and \
+                    diagnostics[-1].status[0].message == "ok":
+                break
+            time.sleep(0.1)
+        stamps = [m.header.stamp.sec for m in probe.received("/diagnostics") if m.status
+                  and "depth_node" in m.status[0].name]
+        assert stamps and 12345 <= stamps[-1] < 12350  # sim time, not wall time (~1.8e9 s)
+        probe.wait_until(lambda: image_pub.get_subscription_count() > 0, 30, "subscription matched")
+        image_pub.publish(image_message(FRAMES[0], 12_345_500_000_000))
+        depth = probe.wait_for("/depth/image")
+        assert depth.header.stamp == ns_to_time(12_345_500_000_000)
+    finally:
+        stop_node(node)

@@ -126,7 +126,7 @@ class BodyTracker:
         vertices, joints = self.model.pose_from_params(params, translation)
         result = BodyEstimate(params=params, camera_translation=translation, vertices=vertices, joints=joints,
                               keypoints_2d=estimate.keypoints_2d, keypoints_3d=estimate.keypoints_3d,
-                              timings_ms=estimate.timings_ms)
+                              timings_ms=estimate.timings_ms, root_rotation=estimate.root_rotation)
         return Person(track_id, result, entry is not None)
 
     def _forget(self, time_s: float) -> None:

@@ -31,7 +31,8 @@ BODY_PARAMS = (
     Param("marker_max_faces", _CONFIG.marker_max_faces, "Faces of the mesh marker (decimated once).", min=4),
     Param("publish_mesh", True, "Publish the body mesh marker (TRIANGLE_LIST)."),
     Param("publish_skeleton", True, "Publish skeleton markers (bones and joints)."),
-    Param("publish_tf", True, "Publish TF <image frame> -> person_<id> at each person's root joint."),
+    Param("publish_tf", True, "Publish TF <image frame> -> person_<id> at each person's root joint (oriented "
+                              "like the root where the model reports it, else like the camera)."),
     Param("image_transport", "raw", "raw: `image`; compressed: `image/compressed`.", choices=("raw", "compressed"),
           read_only=True),
     Param("input_qos", "sensor_data", "QoS of the image subscription.", choices=PROFILES, read_only=True),
@@ -100,13 +101,10 @@ class BodyFrameHandler:
         transforms = []
         if self.values["publish_tf"]:
             for person in persons:
-                pose = np.eye(4)
+                pose = np.eye(4)  # at the root joint; oriented like the camera when the model gives no orientation
                 pose[:3, 3] = person.estimate.joints[self._root]
-                rotation = person.estimate.params.get("global_rot")
-                if rotation is not None and np.asarray(rotation).size == 3:
-                    from scipy.spatial.transform import Rotation
-
-                    pose[:3, :3] = Rotation.from_rotvec(np.asarray(rotation, np.float64).ravel()).as_matrix()
+                if person.estimate.root_rotation is not None:
+                    pose[:3, :3] = person.estimate.root_rotation
                 transforms.append(make_transform(pose, header.frame_id, f"person_{person.track_id}", header.stamp))
         return BodyMessages(bodies, markers, transforms)
 

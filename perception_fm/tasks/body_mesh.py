@@ -29,6 +29,7 @@ class BodyEstimate:
     keypoints_2d: np.ndarray  # (K, 2) pixels
     keypoints_3d: np.ndarray  # (K, 3) camera frame
     timings_ms: dict[str, float] = field(default_factory=dict)
+    root_rotation: np.ndarray | None = None  # (3, 3) the root joint's orientation in the camera frame, if known
 
 
 @runtime_checkable
