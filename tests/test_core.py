@@ -84,3 +84,10 @@ def test_keyed_queue_keeps_one_job_per_key_in_place():
     queue.put(Job(3, "d"))
     queue.put(Job(4, "e"))  # full: the oldest goes
     assert [queue.take(timeout=0).value for _ in range(3)] == ["b", "d", "e"] and queue.replaced == 2
+
+
+def test_stamped_cache_does_not_wait_for_a_topic_that_never_arrived():
+    cache = StampedCache()
+    started = time.perf_counter()
+    assert cache.get(5, timeout=1.0) is None
+    assert time.perf_counter() - started < 0.5

@@ -27,9 +27,12 @@ class StampedCache(Generic[T]):
             self._condition.notify_all()
 
     def get(self, stamp_ns: int, timeout: float = 0.0) -> T | None:
-        """The item with exactly this stamp, waiting up to `timeout` s for it; else the latest (or None)."""
+        """The item with exactly this stamp, waiting up to `timeout` s for it; else the latest. None at once
+        when nothing ever arrived (a stream without this topic pays no waiting)."""
         deadline = time.monotonic() + timeout
         with self._condition:
+            if self._latest is None:
+                return None
             while stamp_ns not in self._items:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

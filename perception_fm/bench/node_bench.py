@@ -1,0 +1,172 @@
+"""perception-fm bench node: a node as a robot runs it (its own process, images over DDS), measured the way
+Isaac ROS benchmarks its graphs:
+
+- peak throughput: the highest input rate at which fewer than 5 % of the frames are dropped (the node's
+  latest-frame policy sheds load beyond what the model sustains), found by trying rates in turn;
+- latency at a fixed input rate (30 Hz by default): output receive time minus input publish time on this
+  machine's clock, p50/p95, and the node's own overhead per frame (that latency minus the model's time as the
+  node reports it in depth/info).
+
+Images are 640x480 frames of the synthetic sample; the model has random weights unless --weights is given
+(timings do not depend on the values). Figures, not tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+
+def _percentiles(values) -> dict:
+    values = np.asarray(values, float)
+    if not len(values):
+        return {"p50_ms": float("nan"), "p95_ms": float("nan")}
+    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95))}
+
+
+class _Harness:
+    """A probe node in this process publishing images and timing the node's depth outputs."""
+
+    def __init__(self, frames):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import Image
+
+        from perception_fm.msg import DepthInfo
+        from perception_fm.ros.image_codec import numpy_to_image
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("node_bench", context=self.context)
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        self.publisher = self.node.create_publisher(Image, "/bench/image", qos)
+        self.sent: dict[int, float] = {}
+        self.received: dict[int, tuple[float, float]] = {}  # stamp -> (receive time, model ms)
+        self.lock = threading.Lock()
+        self.node.create_subscription(DepthInfo, "/depth/info", self._on_info, QoSProfile(depth=100))
+        self.messages = [numpy_to_image(frame, "rgb8") for frame in frames]
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._spinning = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while self._spinning and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _on_info(self, message):
+        stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+        with self.lock:
+            self.received[stamp] = (time.perf_counter(), float(message.inference_ms))
+
+    def run(self, rate_hz: float, seconds: float) -> dict:
+        from builtin_interfaces.msg import Time
+
+        with self.lock:
+            self.sent.clear()
+            self.received.clear()
+        period, count = 1.0 / rate_hz, max(int(rate_hz * seconds), 1)
+        start = time.perf_counter()
+        for i in range(count):
+            target = start + i * period
+            time.sleep(max(0.0, target - time.perf_counter()))
+            message = self.messages[i % len(self.messages)]
+            stamp = time.time_ns()
+            message.header.stamp = Time(sec=stamp // 10**9, nanosec=stamp % 10**9)
+            self.sent[stamp] = time.perf_counter()
+            self.publisher.publish(message)
+        time.sleep(2.0)  # the last frames drain
+        with self.lock:
+            latencies = [(self.received[s][0] - t) * 1e3 for s, t in self.sent.items() if s in self.received]
+            overheads = [lat - self.received[s][1] for (s, t), lat in
+                         zip([(s, t) for s, t in self.sent.items() if s in self.received], latencies)]
+            done = sum(1 for s in self.sent if s in self.received)
+        return {"rate_hz": rate_hz, "sent": count, "processed": done, "drop_ratio": 1 - done / count,
+                **_percentiles(latencies), "overhead": _percentiles(overheads)}
+
+    def wait_ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.publisher.get_subscription_count() > 0:
+                result = self.run(2.0, 1.0)
+                if result["processed"]:
+                    return True
+            time.sleep(0.5)
+        return False
+
+    def close(self):
+        import rclpy
+
+        self._spinning = False
+        self._thread.join(timeout=5)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15, 20, 30), seconds: float = 5.0,
+        latency_rate: float = 30.0, weights: str = "", device: str = "auto") -> dict:
+    from perception_fm.replay.synthetic import SampleConfig, render_frame
+
+    frames = [render_frame(SampleConfig(width=640, height=480, frames=8), i).rgb for i in range(8)]
+    weight_args = ["-p", f"weights:={weights}"] if weights else ["-p", "random_weights:=true"]
+    command = [sys.executable, "-m", "perception_fm.nodes.depth_node", "--ros-args", "-p", f"model:={model}",
+               "-p", f"process_res:={process_res}", "-p", f"device:={device}", "-p", "input_qos:=reliable",
+               "-r", "image:=/bench/image", *weight_args]
+    node = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    harness = _Harness(frames)
+    try:
+        if not harness.wait_ready(300):
+            raise RuntimeError("the depth node produced no output within 300 s")
+        sweep = []
+        for rate in rates:
+            result = harness.run(rate, seconds)
+            sweep.append(result)
+            print(f"  {rate:5.1f} Hz: {result['processed']}/{result['sent']} frames, "
+                  f"drops {100 * result['drop_ratio']:.0f} %, latency p50 {result['p50_ms']:.0f} ms", flush=True)
+        sustained = [r["rate_hz"] for r in sweep if r["drop_ratio"] < 0.05]
+        latency = harness.run(latency_rate, seconds)
+    finally:
+        harness.close()
+        node.terminate()
+        node.wait(timeout=20)
+    return {"node": "depth_node", "model": model, "process_res": process_res, "weights": weights or "random-init",
+            "peak_throughput_hz": max(sustained) if sustained else 0.0, "sweep": sweep,
+            "latency_at_rate": latency}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="perception-fm bench node", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="da3-small")
+    parser.add_argument("--process-res", type=int, default=280)
+    parser.add_argument("--rates", default="1,2,5,10,15,20,30", help="input rates to try, Hz")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per rate")
+    parser.add_argument("--latency-rate", type=float, default=30.0)
+    parser.add_argument("--weights", default="")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    result = run(args.model, args.process_res, [float(r) for r in args.rates.split(",")], args.seconds,
+                 args.latency_rate, args.weights, args.device)
+    latency = result["latency_at_rate"]
+    print(f"{result['node']} {result['model']} res {result['process_res']}: peak throughput "
+          f"{result['peak_throughput_hz']:.1f} Hz (< 5 % drops); at {latency['rate_hz']:.0f} Hz input: "
+          f"latency p50 {latency['p50_ms']:.0f} ms p95 {latency['p95_ms']:.0f} ms, node overhead p50 "
+          f"{latency['overhead']['p50_ms']:.1f} ms, drops {100 * latency['drop_ratio']:.0f} %")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
