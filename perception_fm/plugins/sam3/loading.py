@@ -1,0 +1,196 @@
+"""Finding and loading SAM 3: a hub id (facebook/sam3, gated) or a local directory as `save_pretrained`
+writes it (config.json + model.safetensors [or shards + index] + tokenizer files), with a strict key check;
+or the default architecture with random weights."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from perception_fm.errors import PluginUnavailableError, WeightsMismatchError, WeightsNotFoundError
+from perception_fm.hookspecs import ModelOptions
+
+log = logging.getLogger(__name__)
+
+HUB_ID = "facebook/sam3"
+HUB_PAGE = f"https://huggingface.co/{HUB_ID}"
+RANDOM_WEIGHTS = "random-init"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+# What a snapshot needs (facebook/sam3 also holds the original 3.4 GB sam3.pt, never downloaded).
+ALLOW_PATTERNS = [CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX, "model-*.safetensors", *TOKENIZER_FILES]
+VIDEO_MODEL_TYPE = "sam3_video"
+
+
+def is_offline(options: ModelOptions) -> bool:
+    return options.offline or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _is_local_path(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(source))
+
+
+def _missing_files(directory: Path) -> list[str]:
+    missing = []
+    if not (directory / CONFIG_FILE).is_file():
+        missing.append(CONFIG_FILE)
+    if not (directory / WEIGHTS_FILE).is_file() and not (directory / WEIGHTS_INDEX).is_file():
+        missing.append(WEIGHTS_FILE)
+    if not (directory / "tokenizer.json").is_file() and not (
+            (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file()):
+        missing.append("tokenizer files (tokenizer.json, or vocab.json + merges.txt)")
+    return missing
+
+
+def resolve_weights(source: str, options: ModelOptions) -> Path:
+    """A local directory holding config, weights and tokenizer, from a path or the Hugging Face hub."""
+    if _is_local_path(source):
+        directory = Path(os.path.expanduser(source))
+        if not directory.is_dir():
+            raise WeightsNotFoundError(f"SAM 3 weights directory {str(directory)!r} does not exist")
+        missing = _missing_files(directory)
+        if missing:
+            raise WeightsNotFoundError(
+                f"SAM 3 weights directory {str(directory)!r} lacks {', '.join(missing)} (expected the files "
+                f"save_pretrained writes: {CONFIG_FILE}, {WEIGHTS_FILE}, tokenizer.json, tokenizer_config.json)"
+            )
+        return directory
+
+    import huggingface_hub
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    offline = is_offline(options)
+    gated_help = (f"accept the SAM License on https://huggingface.co/{source} (signed in to your Hugging Face "
+                  "account), then run `hf auth login` (or set HF_TOKEN) on this machine")
+    try:
+        path = huggingface_hub.snapshot_download(
+            repo_id=source, revision=options.revision, cache_dir=options.cache_dir,
+            allow_patterns=ALLOW_PATTERNS, local_files_only=offline,
+        )
+    except GatedRepoError as error:
+        raise WeightsNotFoundError(f"SAM 3 weights {source!r} are gated: {gated_help}.") from error
+    except RevisionNotFoundError as error:
+        raise WeightsNotFoundError(f"SAM 3 weights {source!r} have no revision {options.revision!r}") from error
+    except RepositoryNotFoundError as error:
+        raise WeightsNotFoundError(
+            f"SAM 3 weights {source!r} were not found on the hub or are not visible to you; gated repos such as "
+            f"{HUB_ID} need you to {gated_help}."
+        ) from error
+    except LocalEntryNotFoundError as error:
+        how = ("offline mode is on (ModelOptions.offline / HF_HUB_OFFLINE) and they are not in the local hub cache"
+               if offline else "the hub cannot be reached and they are not in the local hub cache")
+        raise WeightsNotFoundError(
+            f"SAM 3 weights {source!r} are not available: {how}. On a connected machine: accept the licence on "
+            f"https://huggingface.co/{source}, `hf auth login`, `hf download {source} --exclude '*.pt'`, then copy "
+            "the hub cache (or pass cache_dir); or pass a local directory as weights."
+        ) from error
+    except (HfHubHTTPError, OSError, ValueError) as error:
+        raise WeightsNotFoundError(f"SAM 3 weights {source!r} could not be fetched: {error}") from error
+    directory = Path(path)
+    missing = _missing_files(directory)
+    if missing:
+        raise WeightsNotFoundError(f"hub repo {source!r} lacks {', '.join(missing)}")
+    return directory
+
+
+def select_device(requested: str) -> str:
+    import torch
+
+    if requested in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise WeightsNotFoundError(f"device {requested!r} requested but torch sees no CUDA device")
+    return requested
+
+
+def apply_image_size(config, image_size: int) -> None:
+    """Work at `image_size` (a multiple of the patch size) instead of the checkpoint's. transformers'
+    Sam3VideoConfig.image_size setter updates the detector and tracker, but not low_res_mask_size."""
+    patch = config.detector_config.vision_config.backbone_config.patch_size
+    patch = patch if isinstance(patch, int) else patch[0]
+    if image_size < 2 * patch or image_size % patch:
+        raise ValueError(f"image_size must be a multiple of the patch size {patch} (>= {2 * patch}), got {image_size}")
+    config.image_size = image_size
+    config.low_res_mask_size = 4 * image_size // patch
+
+
+def load_network(directory: Path, image_size: int = 0):
+    """Sam3VideoModel from a checkpoint directory; every parameter must come from the file."""
+    import torch
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    try:
+        raw = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise WeightsNotFoundError(f"{directory / CONFIG_FILE} cannot be read: {error}") from error
+    model_type = raw.get("model_type")
+    if model_type != VIDEO_MODEL_TYPE:
+        raise WeightsMismatchError(
+            f"{directory / CONFIG_FILE} is a {model_type!r} checkpoint; the sam3 plugin needs a SAM 3 video "
+            f"checkpoint (model_type {VIDEO_MODEL_TYPE!r}: detector + tracker, e.g. {HUB_ID})"
+        )
+    config = Sam3VideoConfig.from_pretrained(directory)
+    if image_size:
+        apply_image_size(config, image_size)
+    try:
+        network, info = Sam3VideoModel.from_pretrained(
+            directory, config=config, output_loading_info=True, local_files_only=True, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise WeightsMismatchError(f"SAM 3 checkpoint in {str(directory)!r} does not load: {error}") from error
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [str(item) for item in (info.get("mismatched_keys") or [])]
+    if missing or mismatched:
+        problems = []
+        if missing:
+            problems.append(f"lacks {len(missing)} of the network's tensors (e.g. {', '.join(missing[:6])})")
+        if mismatched:
+            problems.append(f"has {len(mismatched)} tensors of the wrong shape (e.g. {', '.join(mismatched[:4])})")
+        raise WeightsMismatchError(
+            f"SAM 3 checkpoint in {str(directory)!r} {' and '.join(problems)}; refusing to run with those left "
+            "random"
+        )
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        log.warning("SAM 3 checkpoint in %s has %d tensors the network does not use (ignored), e.g. %s",
+                    directory, len(unexpected), ", ".join(unexpected[:6]))
+    return network
+
+
+def random_network(device: str, image_size: int = 0):
+    """The default SAM 3 architecture (transformers' Sam3VideoConfig defaults = facebook/sam3's layout) with
+    seeded random weights, built directly on `device`."""
+    import torch
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    config = Sam3VideoConfig()
+    if image_size:
+        apply_image_size(config, image_size)
+    torch.manual_seed(0)  # the same random network on every run
+    with torch.device(device):
+        return Sam3VideoModel(config)
+
+
+def load_tokenizer(directory: Path | None):
+    """The checkpoint's tokenizer; without a checkpoint (random weights) CLIP's BPE from open-clip-torch."""
+    if directory is not None:
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        except (OSError, ValueError, TypeError) as error:
+            raise WeightsNotFoundError(f"SAM 3 tokenizer in {str(directory)!r} does not load: {error}") from error
+    from perception_fm.plugins.sam3.tokenizer import clip_tokenizer
+
+    try:
+        return clip_tokenizer()
+    except FileNotFoundError as error:
+        raise PluginUnavailableError(f"random-weight SAM 3 needs a tokenizer: {error}") from error
