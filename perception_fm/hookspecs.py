@@ -5,11 +5,15 @@ provides through one hook, ``register_models``; each model serves exactly one ta
 task and name (a ROS parameter) through the plugin manager (``perception_fm.plugins``) and then talk to it
 through that task's protocol, defined in ``perception_fm.tasks.<task>``:
 
-=============== ================================== =========================================
-task            protocol                           used by
-=============== ================================== =========================================
-depth           perception_fm.tasks.depth.DepthModel   depth_node, replay
-=============== ================================== =========================================
+============= ==================================================== ===========================
+task          protocol                                             used by
+============= ==================================================== ===========================
+depth         perception_fm.tasks.depth.DepthModel                 depth_node, replay
+segmentation  perception_fm.tasks.segmentation.SegmentationModel   concept_node, replay
+object_mesh   perception_fm.tasks.object_mesh.ObjectMeshModel      object_mesh_node
+body_mesh     perception_fm.tasks.body_mesh.BodyMeshModel          body_node
+speech        perception_fm.tasks.speech.SpeechModel               speech_node
+============= ==================================================== ===========================
 
 Built-in plugins live in ``perception_fm.plugins`` and are registered by the plugin manager. Third-party
 plugins are found through the ``perception_fm`` entry-point group::
