@@ -106,7 +106,7 @@ def test_known_poses_condition_the_network(model):
 
 
 def test_missing_directory_and_files_are_clear_errors(tmp_path):
-    with pytest.raises(WeightsNotFoundError, match="lacks config.json, model.safetensors"):
+    with pytest.raises(WeightsNotFoundError, match="lack config.json, model.safetensors"):
         load(tmp_path)
     with pytest.raises(WeightsNotFoundError):
         load(tmp_path / "does-not-exist")

@@ -143,7 +143,7 @@ def test_whisper_multilingual_checkpoint_takes_a_language(manager, tmp_path):
 
 
 def test_whisper_missing_weights(manager, tmp_path, monkeypatch):
-    with pytest.raises(WeightsNotFoundError, match="lacks config.json"):
+    with pytest.raises(WeightsNotFoundError, match="lack config.json"):
         manager.create(Task.SPEECH, "whisper", ModelOptions(weights=str(tmp_path), device="cpu"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(WeightsNotFoundError, match="offline mode is on"):

@@ -15,22 +15,12 @@ import time
 
 import numpy as np
 
+from perception_fm.bench.common import sample_frames, synchronize
+
 from perception_fm.hookspecs import ModelOptions, Task
 from perception_fm.plugin_manager import PluginManager
 
 
-def _frames(count: int) -> list[np.ndarray]:
-    from perception_fm.replay.synthetic import SampleConfig, render_frame
-
-    config = SampleConfig(width=640, height=480, frames=max(count, 2))
-    return [render_frame(config, i).rgb for i in range(count)]
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def _peak_memory_mb(device: str) -> float:
@@ -56,7 +46,7 @@ def bench_ours(model, images: list[np.ndarray], views: int, iterations: int) -> 
         model.predict(window + [model.prepare(images[-1], K)], dense_views=[-1])
     samples = []
     for i in range(iterations):
-        _synchronize(model.device)
+        synchronize(model.device)
         started = time.perf_counter()
         view = model.prepare(images[i % len(images)], K)
         model.predict(window + [view], dense_views=[-1])  # returns host arrays: includes the output copy
@@ -79,7 +69,7 @@ def bench_upstream(model, images: list[np.ndarray], views: int, iterations: int,
         api.inference(batch, process_res=process_res, ref_view_strategy="first")
     samples = []
     for _ in range(iterations):
-        _synchronize(model.device)
+        synchronize(model.device)
         started = time.perf_counter()
         api.inference(batch, process_res=process_res, ref_view_strategy="first")
         samples.append((time.perf_counter() - started) * 1e3)
@@ -90,7 +80,7 @@ def run(variants, resolutions, windows, iterations: int, device: str, upstream: 
     import torch
 
     manager = PluginManager(entry_points=False)
-    images = _frames(max(max(windows), 4))
+    images = sample_frames(max(max(windows), 4))
     rows = []
     for variant in variants:
         for process_res in resolutions:

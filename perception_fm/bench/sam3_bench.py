@@ -23,6 +23,8 @@ import time
 
 import numpy as np
 
+from perception_fm.bench.common import sample_frames, synchronize
+
 from perception_fm.hookspecs import ModelOptions, Task
 from perception_fm.plugin_manager import PluginManager
 
@@ -30,18 +32,6 @@ PHRASES = ("person", "red mug", "chair", "laptop", "potted plant", "door", "bott
            "backpack", "cardboard box", "monitor", "cable", "whiteboard", "trash can")
 
 
-def _frames(count: int) -> list[np.ndarray]:
-    from perception_fm.replay.synthetic import SampleConfig, render_frame
-
-    config = SampleConfig(width=640, height=480, frames=max(count, 2))
-    return [render_frame(config, i).rgb for i in range(count)]
-
-
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
 
 
 def _box_masks(count: int, size: tuple[int, int], seed: int = 0) -> list:
@@ -77,10 +67,10 @@ def _step(session, images, index, concepts, timings: dict | None, device: str):
     def timed(name, function, *args, **kwargs):
         if timings is None:
             return function(*args, **kwargs)
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         result = function(*args, **kwargs)
-        _synchronize(device)
+        synchronize(device)
         timings.setdefault(name, []).append((time.perf_counter() - started) * 1e3)
         return result
 
@@ -110,7 +100,7 @@ def bench(model, images, n_concepts: int, n_objects: int, iterations: int, memor
         _step(session, images, i, concepts, timings, device)
     frame_ms = []
     for i in range(4 + iterations, 4 + 2 * iterations):
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         propagation = _step(session, images, i, concepts, None, device)
         propagation.masks.cpu()  # the tracker's single host copy of the final masks
@@ -177,7 +167,7 @@ def main(argv=None) -> int:
     print(f"sam3 {args.model} on {model.device} ({name}), image {model.image_size} px, masks "
           f"{model.capabilities.mask_size[0]} px, precision {model.amp_dtype or 'fp32'}, weights {model.weights}, "
           f"loaded in {time.perf_counter() - started:.1f} s")
-    images = _frames(8)
+    images = sample_frames(8)
     print(f"{'concepts':>8} {'objects':>7}  {'encode':>8} {'detect':>8} {'propagate':>9} {'commit':>8} {'frame':>8}"
           f"  retained (ms, medians)")
     rows = []

@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from perception_fm.bench.common import sample_frames, synchronize
+
 OBJECTS_PLUGIN = "perception_fm.plugins.sam3d_objects"
 BODY_PLUGIN = "perception_fm.plugins.sam3d_body"
 
@@ -56,12 +58,6 @@ def _boxes(instances: np.ndarray) -> np.ndarray:
     return np.asarray(boxes, np.float32).reshape(-1, 4)
 
 
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
-
 
 def _reset_peak(device: str) -> None:
     if device.startswith("cuda"):
@@ -83,10 +79,10 @@ def _timed(function, device: str, iterations: int) -> tuple[list[float], object]
     result = function()  # warm-up
     times = []
     for _ in range(iterations):
-        _synchronize(device)
+        synchronize(device)
         started = time.perf_counter()
         result = function()
-        _synchronize(device)
+        synchronize(device)
         times.append((time.perf_counter() - started) * 1e3)
     return times, result
 

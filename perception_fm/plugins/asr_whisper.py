@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from perception_fm.errors import WeightsNotFoundError
 from perception_fm.hookspecs import ModelOptions, ModelSpec, Task, hookimpl
+from perception_fm.plugins.weights import hub_snapshot, is_local_path, local_directory, select_device
 from perception_fm.tasks.speech import SpeechCapabilities, Transcript
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,6 @@ def register_models() -> list[ModelSpec]:
 # Loading
 
 
-def _is_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(source))
-
-
 def _has_weights(directory: Path) -> bool:
     return any((directory / name).is_file() for name in WEIGHT_FILES)
 
@@ -78,50 +74,18 @@ def _has_weights(directory: Path) -> bool:
 def resolve_weights(source: str, options: ModelOptions, need_weights: bool = True) -> Path:
     """A directory with the checkpoint (config, processor files and, if `need_weights`, the weights), from a
     local path or the HF hub."""
-    if _is_local_path(source):
-        directory = Path(os.path.expanduser(source))
-        missing = [] if (directory / CONFIG_FILE).is_file() else [CONFIG_FILE]
-        if need_weights and not _has_weights(directory):
-            missing.append(" or ".join(WEIGHT_FILES))
-        if missing:
-            raise WeightsNotFoundError(
-                f"Whisper weights directory {str(directory)!r} lacks {', '.join(missing)} (expected a checkpoint "
-                f"written by save_pretrained: config.json, model.safetensors, processor and tokenizer files)"
-            )
-        return directory
-
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    offline = options.offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    patterns = HUB_PATTERNS if need_weights else ["*.json", "*.txt"]
-    try:
-        path = huggingface_hub.snapshot_download(
-            repo_id=source, revision=options.revision, cache_dir=options.cache_dir, allow_patterns=patterns,
-            local_files_only=offline,
-        )
-    except LocalEntryNotFoundError as error:
-        how = "offline mode is on and they are not in the local hub cache" if offline else "the hub cannot be reached"
+    if is_local_path(source):
+        directory = local_directory(source, "Whisper")
+    else:
+        directory = hub_snapshot(source, options, HUB_PATTERNS if need_weights else ["*.json", "*.txt"], "Whisper")
+    missing = [] if (directory / CONFIG_FILE).is_file() else [CONFIG_FILE]
+    if need_weights and not _has_weights(directory):
+        missing.append(" or ".join(WEIGHT_FILES))
+    if missing:
         raise WeightsNotFoundError(
-            f"Whisper weights {source!r} are not available: {how}. Download them on a connected machine "
-            f"(`hf download {source}`) and copy the hub cache, or pass a local directory as weights."
-        ) from error
-    except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-        raise WeightsNotFoundError(f"Whisper weights {source!r} could not be fetched: {error}") from error
-    directory = Path(path)
-    if not (directory / CONFIG_FILE).is_file() or (need_weights and not _has_weights(directory)):
-        raise WeightsNotFoundError(f"hub repo {source!r} has no {CONFIG_FILE} or no safetensors weights")
+            f"Whisper weights {str(directory)!r} lack {', '.join(missing)} (expected a checkpoint written by "
+            f"save_pretrained: config.json, model.safetensors, processor and tokenizer files)")
     return directory
-
-
-def select_device(requested: str) -> str:
-    import torch
-
-    if requested in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise WeightsNotFoundError(f"device {requested!r} requested but torch sees no CUDA device")
-    return requested
 
 
 def choose_dtype(device: str, precision: str):

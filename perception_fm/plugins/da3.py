@@ -25,6 +25,7 @@ import numpy as np
 
 from perception_fm.errors import BadInputError, WeightsMismatchError, WeightsNotFoundError
 from perception_fm.hookspecs import ModelOptions, ModelSpec, Task, hookimpl
+from perception_fm.plugins.weights import hub_snapshot, is_local_path, local_directory, select_device
 from perception_fm.tasks.depth import (
     POSE_CAMERA_HEAD,
     POSE_RAY,
@@ -149,45 +150,16 @@ def save_pretrained(net, directory: str | os.PathLike, name: str) -> Path:
     return directory
 
 
-def _is_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(source))
-
-
 def resolve_weights(source: str, options: ModelOptions) -> Path:
     """A directory holding config.json and model.safetensors, from a local path or the HF hub."""
-    if _is_local_path(source):
-        directory = Path(os.path.expanduser(source))
-        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
-        if missing:
-            raise WeightsNotFoundError(
-                f"Depth Anything 3 weights directory {str(directory)!r} lacks {', '.join(missing)} "
-                f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})"
-            )
-        return directory
-
-    import huggingface_hub
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
-
-    offline = options.offline or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    try:
-        path = huggingface_hub.snapshot_download(
-            repo_id=source,
-            revision=options.revision,
-            cache_dir=options.cache_dir,
-            allow_patterns=[CONFIG_FILE, WEIGHTS_FILE],
-            local_files_only=offline,
-        )
-    except LocalEntryNotFoundError as error:
-        how = "offline mode is on and they are not in the local hub cache" if offline else "the hub cannot be reached"
-        raise WeightsNotFoundError(
-            f"Depth Anything 3 weights {source!r} are not available: {how}. Download them on a connected "
-            f"machine (`hf download {source}`) and copy the hub cache, or pass a local directory as weights."
-        ) from error
-    except (EntryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-        raise WeightsNotFoundError(f"Depth Anything 3 weights {source!r} could not be fetched: {error}") from error
-    directory = Path(path)
-    if not (directory / WEIGHTS_FILE).is_file():
-        raise WeightsNotFoundError(f"hub repo {source!r} has no {WEIGHTS_FILE}")
+    if is_local_path(source):
+        directory = local_directory(source, "Depth Anything 3")
+    else:
+        directory = hub_snapshot(source, options, [CONFIG_FILE, WEIGHTS_FILE], "Depth Anything 3")
+    missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE) if not (directory / f).is_file()]
+    if missing:
+        raise WeightsNotFoundError(f"Depth Anything 3 weights {str(directory)!r} lack {', '.join(missing)} "
+                                   f"(expected {CONFIG_FILE} and {WEIGHTS_FILE})")
     return directory
 
 
@@ -212,16 +184,6 @@ def load_state(net, directory: Path) -> None:
             "%s has %d tensors the network does not use (ignored), e.g. %s",
             directory / WEIGHTS_FILE, len(result.unexpected_keys), ", ".join(result.unexpected_keys[:8]),
         )
-
-
-def select_device(requested: str) -> str:
-    import torch
-
-    if requested in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise WeightsNotFoundError(f"device {requested!r} requested but torch sees no CUDA device")
-    return requested
 
 
 def processed_size(height: int, width: int, process_res: int) -> tuple[int, int]:

@@ -75,16 +75,8 @@ from perception_fm.errors import (
     WeightsNotFoundError,
 )
 from perception_fm.hookspecs import ModelOptions, ModelSpec, Task, hookimpl
-from perception_fm.plugins.sam3d_objects import (
-    VENDOR_PACKAGE,
-    cuda_problem,
-    hub_snapshot,
-    is_local_path,
-    is_offline,
-    select_cuda_device,
-    upstream_source,
-    use_upstream,
-)
+from perception_fm.plugins.sam3d_objects import VENDOR_PACKAGE, cuda_problem, select_cuda_device, upstream_source, use_upstream
+from perception_fm.plugins.weights import hub_snapshot, is_local_path, is_offline
 from perception_fm.tasks.body_mesh import BodyEstimate, BodyRequest
 
 log = logging.getLogger(__name__)
@@ -269,7 +261,7 @@ def resolve_weights(source: str, options: ModelOptions, mhr_path: str = "") -> B
             raise WeightsNotFoundError(f"SAM 3D Body weights directory {str(directory)!r} does not exist")
     else:
         patterns = [CHECKPOINT_FILE, CONFIG_FILE] + ([] if mhr_override else [MHR_FILE])
-        directory = hub_snapshot(source, options, patterns, "SAM 3D Body")
+        directory = hub_snapshot(source, options, patterns, "SAM 3D Body", gated=True)
     weights = BodyWeights(directory, directory / CHECKPOINT_FILE, directory / CONFIG_FILE,
                           mhr_override or directory / MHR_FILE)
     missing = [str(path) for path in (weights.checkpoint, weights.config) if not path.is_file()]

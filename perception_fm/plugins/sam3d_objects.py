@@ -77,6 +77,7 @@ from perception_fm.errors import (
     WeightsNotFoundError,
 )
 from perception_fm.hookspecs import ModelOptions, ModelSpec, Task, hookimpl
+from perception_fm.plugins.weights import hub_snapshot, is_local_path, is_offline
 from perception_fm.tasks.object_mesh import ObjectMeshCapabilities, ObjectMeshRequest, ObjectReconstruction
 
 log = logging.getLogger(__name__)
@@ -290,55 +291,6 @@ def select_cuda_device(requested: str) -> str:
     return "cuda" if requested in ("", "auto") else requested
 
 
-def is_offline(options: ModelOptions) -> bool:
-    return options.offline or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def is_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(source))
-
-
-def hub_snapshot(source: str, options: ModelOptions, allow_patterns: list[str], what: str) -> Path:
-    """snapshot_download of `source` restricted to `allow_patterns`, with errors an operator can act on."""
-    import huggingface_hub
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    offline = is_offline(options)
-    licence_help = (f"accept the SAM License on https://huggingface.co/{source} (signed in to your Hugging Face "
-                    "account), then `hf auth login` (or set HF_TOKEN) on this machine")
-    try:
-        path = huggingface_hub.snapshot_download(
-            repo_id=source, revision=options.revision, cache_dir=options.cache_dir,
-            allow_patterns=allow_patterns, local_files_only=offline,
-        )
-    except GatedRepoError as error:
-        raise WeightsNotFoundError(f"{what} weights {source!r} are gated: {licence_help}.") from error
-    except RevisionNotFoundError as error:
-        raise WeightsNotFoundError(f"{what} weights {source!r} have no revision {options.revision!r}") from error
-    except RepositoryNotFoundError as error:
-        raise WeightsNotFoundError(
-            f"{what} weights {source!r} were not found on the hub or are not visible to you; gated repos need "
-            f"you to {licence_help}."
-        ) from error
-    except LocalEntryNotFoundError as error:
-        how = ("offline mode is on (ModelOptions.offline / HF_HUB_OFFLINE) and they are not in the local hub cache"
-               if offline else "the hub cannot be reached and they are not in the local hub cache")
-        raise WeightsNotFoundError(
-            f"{what} weights {source!r} are not available: {how}. On a connected machine: {licence_help}; "
-            f"`hf download {source}`; then copy the hub cache (or pass cache_dir), or pass a local directory "
-            "as weights."
-        ) from error
-    except (HfHubHTTPError, OSError, ValueError) as error:
-        raise WeightsNotFoundError(f"{what} weights {source!r} could not be fetched: {error}") from error
-    return Path(path)
-
-
 def _walk(node, path: str = "") -> Iterable[tuple[str, Any]]:
     if isinstance(node, Mapping):
         for key, value in node.items():
@@ -413,7 +365,7 @@ def resolve_weights(source: str, options: ModelOptions) -> Path:
                 f"{HUB_SUBDIR}/ folder of {HUB_ID}: {PIPELINE_FILE}, the stage configs and checkpoints)"
             )
     else:
-        directory = hub_snapshot(source, options, [f"{HUB_SUBDIR}/*"], "SAM 3D Objects") / HUB_SUBDIR
+        directory = hub_snapshot(source, options, [f"{HUB_SUBDIR}/*"], "SAM 3D Objects", gated=True) / HUB_SUBDIR
         if not (directory / PIPELINE_FILE).is_file():
             raise WeightsNotFoundError(f"hub repo {source!r} has no {HUB_SUBDIR}/{PIPELINE_FILE}")
     read_pipeline_config(directory)

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from perception_fm.errors import PluginUnavailableError, WeightsMismatchError, WeightsNotFoundError
 from perception_fm.hookspecs import ModelOptions
+from perception_fm.plugins.weights import hub_snapshot, is_local_path, local_directory
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +25,6 @@ ALLOW_PATTERNS = [CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX, "model-*.safetensors
 VIDEO_MODEL_TYPE = "sam3_video"
 
 
-def is_offline(options: ModelOptions) -> bool:
-    return options.offline or os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _is_local_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or os.path.isdir(os.path.expanduser(source))
-
-
 def _missing_files(directory: Path) -> list[str]:
     missing = []
     if not (directory / CONFIG_FILE).is_file():
@@ -46,70 +38,17 @@ def _missing_files(directory: Path) -> list[str]:
 
 
 def resolve_weights(source: str, options: ModelOptions) -> Path:
-    """A local directory holding config, weights and tokenizer, from a path or the Hugging Face hub."""
-    if _is_local_path(source):
-        directory = Path(os.path.expanduser(source))
-        if not directory.is_dir():
-            raise WeightsNotFoundError(f"SAM 3 weights directory {str(directory)!r} does not exist")
-        missing = _missing_files(directory)
-        if missing:
-            raise WeightsNotFoundError(
-                f"SAM 3 weights directory {str(directory)!r} lacks {', '.join(missing)} (expected the files "
-                f"save_pretrained writes: {CONFIG_FILE}, {WEIGHTS_FILE}, tokenizer.json, tokenizer_config.json)"
-            )
-        return directory
-
-    import huggingface_hub
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    offline = is_offline(options)
-    gated_help = (f"accept the SAM License on https://huggingface.co/{source} (signed in to your Hugging Face "
-                  "account), then run `hf auth login` (or set HF_TOKEN) on this machine")
-    try:
-        path = huggingface_hub.snapshot_download(
-            repo_id=source, revision=options.revision, cache_dir=options.cache_dir,
-            allow_patterns=ALLOW_PATTERNS, local_files_only=offline,
-        )
-    except GatedRepoError as error:
-        raise WeightsNotFoundError(f"SAM 3 weights {source!r} are gated: {gated_help}.") from error
-    except RevisionNotFoundError as error:
-        raise WeightsNotFoundError(f"SAM 3 weights {source!r} have no revision {options.revision!r}") from error
-    except RepositoryNotFoundError as error:
-        raise WeightsNotFoundError(
-            f"SAM 3 weights {source!r} were not found on the hub or are not visible to you; gated repos such as "
-            f"{HUB_ID} need you to {gated_help}."
-        ) from error
-    except LocalEntryNotFoundError as error:
-        how = ("offline mode is on (ModelOptions.offline / HF_HUB_OFFLINE) and they are not in the local hub cache"
-               if offline else "the hub cannot be reached and they are not in the local hub cache")
-        raise WeightsNotFoundError(
-            f"SAM 3 weights {source!r} are not available: {how}. On a connected machine: accept the licence on "
-            f"https://huggingface.co/{source}, `hf auth login`, `hf download {source} --exclude '*.pt'`, then copy "
-            "the hub cache (or pass cache_dir); or pass a local directory as weights."
-        ) from error
-    except (HfHubHTTPError, OSError, ValueError) as error:
-        raise WeightsNotFoundError(f"SAM 3 weights {source!r} could not be fetched: {error}") from error
-    directory = Path(path)
+    """A directory with the checkpoint and tokenizer, from a local path or the (gated) hub repo."""
+    if is_local_path(source):
+        directory = local_directory(source, "SAM 3")
+    else:
+        directory = hub_snapshot(source, options, ALLOW_PATTERNS, "SAM 3", gated=True)
     missing = _missing_files(directory)
     if missing:
-        raise WeightsNotFoundError(f"hub repo {source!r} lacks {', '.join(missing)}")
+        raise WeightsNotFoundError(
+            f"SAM 3 weights {str(directory)!r} lack {', '.join(missing)} (expected the files save_pretrained "
+            f"writes: {CONFIG_FILE}, {WEIGHTS_FILE}, tokenizer.json, tokenizer_config.json)")
     return directory
-
-
-def select_device(requested: str) -> str:
-    import torch
-
-    if requested in ("", "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise WeightsNotFoundError(f"device {requested!r} requested but torch sees no CUDA device")
-    return requested
 
 
 def apply_image_size(config, image_size: int) -> None:

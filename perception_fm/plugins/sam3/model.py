@@ -13,6 +13,7 @@ import numpy as np
 from perception_fm.errors import BadInputError
 from perception_fm.hookspecs import ModelOptions
 from perception_fm.plugins.sam3 import loading
+from perception_fm.plugins.weights import select_device
 from perception_fm.tasks.segmentation import SegmentationCapabilities
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Sam3SegmentationModel:
     @classmethod
     def from_options(cls, options: ModelOptions) -> "Sam3SegmentationModel":
         sam3_options = Sam3Options.from_extra(options.extra)
-        device = loading.select_device(options.device)
+        device = select_device(options.device)
         if options.random_weights:
             network = loading.random_network(device, sam3_options.image_size)
             tokenizer = loading.load_tokenizer(None)
