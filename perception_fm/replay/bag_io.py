@@ -280,15 +280,19 @@ class BagWriter:
         self._writer.write(connection, int(item.timestamp_ns), item.raw)
         self.counts[item.topic] = self.counts.get(item.topic, 0) + 1
 
-    def write(self, topic: str, message, timestamp_ns: int, latched: bool = False) -> None:
-        msgtype = msgtype_of(message)
+    def write(self, topic: str, message, timestamp_ns: int, latched: bool = False, msgtype: str | None = None) -> None:
+        """`message`: an rclpy message, or its serialised bytes (CDR, as nodes publish them) with `msgtype`."""
+        serialized = isinstance(message, (bytes, bytearray))
+        if serialized and not msgtype:
+            raise ValueError(f"serialised message for {topic!r} written without its type")
+        msgtype = msgtype or msgtype_of(message)
         key = (topic, msgtype)
         connection = self._connections.get(key)
         if connection is None:
             qos = (_latched_qos(),) if latched else ()
             connection = self._writer.add_connection(topic, msgtype, typestore=self._store, offered_qos_profiles=qos)
             self._connections[key] = connection
-        self._writer.write(connection, int(timestamp_ns), serialize_message(message))
+        self._writer.write(connection, int(timestamp_ns), bytes(message) if serialized else serialize_message(message))
         self.counts[topic] = self.counts.get(topic, 0) + 1
 
     def close(self) -> None:

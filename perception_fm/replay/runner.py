@@ -4,13 +4,19 @@ Deterministic: messages are handled in the bag's log-time order, every frame is 
 dropping, no wall clock), and outputs are written with the log time of the input that produced them. The
 nodes' own frame handlers (perception_fm.ros.*_io) do the work, so outputs equal what the live nodes publish.
 The output bag also holds every input message, so it opens on its own in RViz or Foxglove.
+
+A node's outputs are delivered to the nodes of the graph that consume them at once (depth_node's depth reaches
+concept_node before the frame itself does), and their TF joins the replay's TF buffer, as it would the live
+graph's. Nodes driven by tracked instances (object_mesh_node, body_node) handle an InstanceArray only once the
+bag message that led to it has been delivered everywhere, so the image and depth of its stamp are there
+whatever the order of the graph's nodes.
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,16 +38,22 @@ class ReplayError(PerceptionFmError):
     pass
 
 
+MARKER_ARRAY = "visualization_msgs/msg/MarkerArray"
+
+
 @dataclass
 class Output:
     topic: str
-    message: object
+    message: object  # an rclpy message, or serialised bytes (then `msgtype` says what they are)
     latched: bool = False
+    msgtype: str | None = None
+    timestamp_ns: int | None = None  # log time; default: that of the bag message being delivered
 
 
 class ReplayNode:
     """A node offline: its task's frame handler fed from the bag. Subclasses set `task` and implement
-    `setup()`, `inputs`, `on_input(item)` (non-image topics) and `on_frame(item) -> (inference_ms, outputs)`."""
+    `setup()`, `inputs`, `on_input(item)` (topics other than `frame_topic`) and
+    `on_frame(item) -> (inference_ms, outputs)` (one message of `frame_topic`, by default the image)."""
 
     task: Task
 
@@ -73,6 +85,11 @@ class ReplayNode:
         return {self.image_topic}
 
     @property
+    def frame_topic(self) -> str:
+        """The topic whose messages are this node's frames."""
+        return self.image_topic
+
+    @property
     def outputs(self) -> set[str]:
         return set(self.topics.values())
 
@@ -85,9 +102,17 @@ class ReplayNode:
         return []
 
     def handle(self, item: BagMessage) -> list[Output]:
-        if item.topic != self.image_topic:
+        if item.topic != self.frame_topic:
             self.on_input(item)
             return []
+        return self.frame(item)
+
+    def flush(self, clock_ns: int, final: bool = False) -> list[Output]:
+        """Outputs of deferred work that can run now: `clock_ns` is the log time of the bag message just
+        delivered (or about to be), `final` says the bag has ended."""
+        return []
+
+    def frame(self, item: BagMessage) -> list[Output]:
         self.frames += 1
         try:
             inference_ms, outputs = self.on_frame(item)
@@ -119,7 +144,7 @@ class ReplayNode:
         timings = np.array(self.inference_ms) if self.inference_ms else np.zeros(1)
         return {
             "node": self.node.name, "task": str(self.task), "model": self.model.name, "weights": self.model.weights,
-            "device": self.model.device, "input": self.image_topic, "frames": self.frames,
+            "device": self.model.device, "input": self.frame_topic, "frames": self.frames,
             "processed": len(self.inference_ms), "dropped": dict(self.drops), "events": dict(self.events),
             "inference_ms": {"mean": float(timings.mean()), "p50": float(np.percentile(timings, 50)),
                              "p95": float(np.percentile(timings, 95))},
@@ -253,7 +278,215 @@ class ConceptReplay(ReplayNode):
         return inference_ms, outputs
 
 
-REPLAY_NODES = {"depth_node": DepthReplay, "concept_node": ConceptReplay}
+class InstancesReplay(ReplayNode):
+    """A node driven by tracked instances (InstanceArray, from the bag or a concept_node of the graph) with the
+    image of the same stamp. An array waits in `pending` until what it needs at its stamp has arrived (the
+    image, camera_info when the bag has it, see `complete`), or until the bag's log time has passed its own by
+    `wait_s`: what the live node waits for those inputs. Messages logged at the same time all count as there."""
+
+    wait_s = 0.0
+
+    def setup(self) -> None:
+        self.instances_topic = self.node.topic("instances")
+        self.camera_info_topic = self.node.topic("camera_info")
+        self.images: StampedCache = StampedCache(16)
+        self.camera_infos: StampedCache = StampedCache(16)
+        self.expects_camera_info = True
+        self.pending: deque[BagMessage] = deque()
+        self.setup_handler()
+
+    def setup_handler(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def frame_topic(self) -> str:
+        return self.instances_topic
+
+    @property
+    def inputs(self) -> set[str]:
+        return {self.image_topic, self.camera_info_topic, self.instances_topic}
+
+    def check_bag(self, topics: dict[str, str]) -> list[str]:
+        self.expects_camera_info = self.camera_info_topic in topics
+        return super().check_bag(topics)
+
+    def handle(self, item: BagMessage) -> list[Output]:
+        if item.topic == self.instances_topic:
+            self.pending.append(item)
+            return []
+        if item.topic == self.image_topic:
+            self.images.put(stamp_to_ns(item.message.header.stamp), item.message)
+        if item.topic == self.camera_info_topic:
+            self.camera_infos.put(stamp_to_ns(item.message.header.stamp), item.message)
+        self.on_input(item)  # one topic may serve twice (camera_info as depth/camera_info too)
+        return []
+
+    def complete(self, stamp: int) -> bool:
+        """Everything the array of this stamp needs is here."""
+        return self._at(self.images, stamp) is not None and \
+            (not self.expects_camera_info or self._at(self.camera_infos, stamp) is not None)
+
+    @staticmethod
+    def _at(cache: StampedCache, stamp: int):
+        message = cache.get(stamp)
+        return message if message is not None and stamp_to_ns(message.header.stamp) == stamp else None
+
+    def flush(self, clock_ns: int, final: bool = False) -> list[Output]:
+        outputs = []
+        while self.pending:  # in arrival order
+            item = self.pending[0]
+            deadline = item.timestamp_ns + int(self.wait_s * 1e9)
+            if not (final or clock_ns > deadline or self.complete(stamp_to_ns(item.message.header.stamp))):
+                break
+            self.pending.popleft()
+            for output in self.frame(item):
+                output.timestamp_ns = max(item.timestamp_ns, clock_ns)  # the output bag stays in log order
+                outputs.append(output)
+        return outputs
+
+    def image_for(self, array):
+        """(rgb8 image, its message, intrinsics or None) at the array's stamp; None when that image is not
+        there (counted, as the live node does). Intrinsics: camera_info of that stamp, else the latest."""
+        from perception_fm.ros.camera_info import camera_info_to_intrinsics
+        from perception_fm.ros.image_codec import compressed_to_rgb8, image_to_rgb8
+
+        stamp = stamp_to_ns(array.header.stamp)
+        message = self._at(self.images, stamp)
+        if message is None:
+            self.events["no_image_for_instances"] += 1
+            return None
+        image = compressed_to_rgb8(message) if hasattr(message, "format") else image_to_rgb8(message)
+        info = self.camera_infos.get(stamp)
+        K = camera_info_to_intrinsics(info).K if info is not None else None
+        return image, message, K
+
+
+class ObjectMeshReplay(InstancesReplay):
+    """object_mesh_node offline: the same ObjectMeshHandler. A lift runs as soon as it is selected (the live
+    node queues it for its worker), so every run lifts the same tracks from the same frames."""
+
+    task = Task.OBJECT_MESH
+
+    def setup_handler(self) -> None:
+        from perception_fm.ros import object_mesh_io as io
+
+        self.handler = io.ObjectMeshHandler(self.model, self.values)
+        self.depth_topics = {self.node.topic(io.TOPIC_DEPTH): "depth",
+                             self.node.topic(io.TOPIC_DEPTH_CAMERA_INFO): "camera_info"} \
+            if self.values["use_depth"] else {}
+        self.depth_cache: dict[str, StampedCache] = {"depth": StampedCache(8), "camera_info": StampedCache(8)}
+        self.wait_s = self.values["depth_wait"] if self.depth_topics else 0.0
+        self.topics = {"objects": self.node.topic(io.TOPIC_OBJECTS), "markers": self.node.topic(io.TOPIC_MARKERS)}
+
+    def complete(self, stamp: int) -> bool:
+        if not super().complete(stamp):
+            return False
+        return not self.depth_topics or all(self._at(cache, stamp) is not None for cache in self.depth_cache.values())
+
+    @property
+    def extra_params(self) -> tuple[str, ...]:
+        from perception_fm.ros.object_mesh_io import MODEL_EXTRA_PARAMS
+
+        return MODEL_EXTRA_PARAMS
+
+    @property
+    def inputs(self) -> set[str]:
+        return super().inputs | set(self.depth_topics)
+
+    def on_input(self, item: BagMessage) -> None:
+        kind = self.depth_topics.get(item.topic)
+        if kind is not None:
+            self.depth_cache[kind].put(stamp_to_ns(item.message.header.stamp), item.message)
+
+    def on_frame(self, item: BagMessage):
+        from tf2_msgs.msg import TFMessage
+
+        from perception_fm.ros.segmentation_io import depth_frame
+
+        array = item.message
+        if not array.instances:
+            return None, []
+        found = self.image_for(array)
+        if found is None:
+            return None, []
+        image, image_message, K = found
+        stamp = stamp_to_ns(array.header.stamp)
+        depth = None
+        if self.depth_topics:
+            depth_image, info = self._at(self.depth_cache["depth"], stamp), self.depth_cache["camera_info"].get(stamp)
+            if depth_image is not None and info is not None:
+                depth = depth_frame(depth_image, info, True)
+            else:
+                self.events["no_depth"] += 1
+        fixed = self.values["fixed_frame"]
+        pose = self.tf.lookup(fixed, image_message.header.frame_id, stamp) if fixed else None
+        parent = fixed
+        if pose is None:
+            if fixed:
+                self.events["no_fixed_frame_tf"] += 1
+            pose, parent = np.eye(4), image_message.header.frame_id
+        try:
+            jobs = self.handler.select(array, image, depth, K, pose, parent)
+        except ValueError as error:
+            raise BadInputError("instances", str(error)) from error
+        if not jobs:
+            return None, []
+        outputs, inference_ms = [], 0.0
+        for job in jobs:  # as in the live node's worker: one failed lift loses nothing else
+            try:
+                lifted, messages = self.handler.run(job)
+            except Exception as error:
+                self.drops["lift_failed"] += 1
+                self._error(f"object {job.id} at {item.timestamp_ns} ns not lifted: {type(error).__name__}: {error}")
+                continue
+            inference_ms += lifted.inference_ms
+            messages.object.inference_ms = 0.0  # timings go to the report: the bag is the same on every run
+            outputs += [Output(self.topics["objects"], messages.object),
+                        Output(self.topics["markers"], messages.markers, latched=True, msgtype=MARKER_ARRAY),
+                        Output(TF_STATIC_TOPIC, TFMessage(transforms=messages.transforms), latched=True)]
+        return inference_ms, outputs
+
+
+class BodyReplay(InstancesReplay):
+    """body_node offline: the same BodyFrameHandler, on every array with people in it."""
+
+    task = Task.BODY_MESH
+
+    def setup_handler(self) -> None:
+        from perception_fm.ros import body_io as io
+
+        self.handler = io.BodyFrameHandler(self.model, self.values)
+        self.topics = {"bodies": self.node.topic(io.TOPIC_BODIES), "markers": self.node.topic(io.TOPIC_MARKERS)}
+
+    @property
+    def extra_params(self) -> tuple[str, ...]:
+        from perception_fm.ros.body_io import MODEL_EXTRA_PARAMS
+
+        return MODEL_EXTRA_PARAMS
+
+    def on_frame(self, item: BagMessage):
+        from tf2_msgs.msg import TFMessage
+
+        array = item.message
+        if not self.handler.tracker.people(array.instances):
+            return None, []  # nobody to estimate: the model does not run
+        found = self.image_for(array)
+        if found is None:
+            return None, []
+        image, _, K = found
+        started = time.perf_counter()
+        _, messages = self.handler.handle(array, image, K)
+        inference_ms = (time.perf_counter() - started) * 1e3
+        outputs = [Output(self.topics["bodies"], body) for body in messages.bodies]
+        if messages.markers is not None:
+            outputs.append(Output(self.topics["markers"], messages.markers, msgtype=MARKER_ARRAY))
+        if messages.transforms:
+            outputs.append(Output(TF_TOPIC, TFMessage(transforms=messages.transforms)))
+        return inference_ms, outputs
+
+
+REPLAY_NODES = {"depth_node": DepthReplay, "concept_node": ConceptReplay, "object_mesh_node": ObjectMeshReplay,
+                "body_node": BodyReplay}
 
 
 @dataclass
@@ -321,9 +554,14 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
         nodes = []
         for node in graph.nodes:
             if node.executable not in REPLAY_NODES:
-                raise ReplayError(f"node {node.name!r} ({node.executable}) has no offline replay")
+                raise ReplayError(f"node {node.name!r} ({node.executable}) has no offline replay; replayable: "
+                                  + ", ".join(REPLAY_NODES))
             nodes.append(REPLAY_NODES[node.executable](node, tf))
         warnings = [warning for node in nodes for warning in node.check_bag(topics)]
+        for node in nodes:
+            if node.frame_topic not in topics and not any(node.frame_topic in other.outputs for other in nodes):
+                raise ReplayError(f"node {node.node.name!r} works on {node.frame_topic!r}, which neither the bag "
+                                  "nor a node of the graph provides (add its producer to the graph or remap it)")
         if reader.streaming:
             warnings.append(f"the bag has no index ({reader._reader.reason}): read as a stream up to its end or "
                             "its first damage")
@@ -335,32 +573,52 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
             for topic in node.inputs:
                 routes.setdefault(topic, []).append(node)
 
+        def emit(output: Output, timestamp_ns: int) -> None:
+            timestamp_ns = output.timestamp_ns if output.timestamp_ns is not None else timestamp_ns
+            writer.write(output.topic, output.message, timestamp_ns, latched=output.latched, msgtype=output.msgtype)
+            if output.msgtype is not None:
+                return  # serialised (markers): no node of ours consumes it
+            if output.topic in (TF_TOPIC, TF_STATIC_TOPIC):
+                tf.add(output.message, static=output.topic == TF_STATIC_TOPIC)
+            dispatch(BagMessage(output.topic, "", timestamp_ns, output.message))
+
         def dispatch(item: BagMessage) -> None:
             for node in routes.get(item.topic, ()):
                 for output in node.handle(item):
-                    writer.write(output.topic, output.message, item.timestamp_ns, latched=output.latched)
-                    dispatch(BagMessage(output.topic, "", item.timestamp_ns, output.message))
-                if item.topic == node.image_topic:
-                    bar.step()
+                    emit(output, item.timestamp_ns)
 
-        frames = sum(reader.count(node.image_topic) for node in nodes)
-        bar = _Progress(frames, progress)
+        def flush(clock_ns: int, final: bool = False) -> None:
+            for _ in range(len(nodes)):  # deferred work may feed other deferred work: at most one round per node
+                outputs = [output for node in nodes for output in node.flush(clock_ns, final)]
+                if not outputs:
+                    return
+                for output in outputs:
+                    emit(output, clock_ns)
+
+        image_topics = {node.image_topic for node in nodes} & set(topics)
+        bar = _Progress(sum(reader.count(topic) for topic in image_topics), progress)
         unknown: dict = {}
-        messages_in, bag_error = 0, None
+        messages_in, bag_error, clock_ns = 0, None, 0
         with BagWriter(output_bag) as writer:
             try:
                 for item in reader.messages(unknown=unknown):
                     messages_in += 1
+                    clock_ns = max(clock_ns, item.timestamp_ns)
                     if item.message is None:  # a type not installed here: passed through untouched
                         writer.write_raw(item)
                         continue
+                    flush(item.timestamp_ns)  # work whose wait ended before this message
                     writer.write(item.topic, item.message, item.timestamp_ns, latched=item.topic == TF_STATIC_TOPIC)
                     if item.topic in (TF_TOPIC, TF_STATIC_TOPIC):
                         tf.add(item.message, static=item.topic == TF_STATIC_TOPIC)
                     dispatch(item)
+                    flush(item.timestamp_ns)
+                    if item.topic in image_topics:
+                        bar.step()
             except BagReadError as error:
                 bag_error = str(error)
                 print(f"\nerror: {error}; the output holds everything before it", file=sys.stderr)
+            flush(clock_ns, final=True)  # what still waits for inputs the bag did not have
             bar.close()
             outputs = dict(writer.counts)
     report = ReplayReport(
