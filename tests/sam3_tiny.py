@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from perception_fm.plugins.sam3.tiny import TINY_IMAGE_SIZE, save_tiny_checkpoint, tiny_config  # noqa: F401
+from perception_fm.plugins.sam3.tiny import save_tiny_checkpoint
 
 TINY_MASK_SIZE = (32, 32)
 

@@ -10,7 +10,6 @@ from perception_fm.core.masks import rle_encode
 from perception_fm.geometry.mesh import Mesh, decimate, export_meshes
 from perception_fm.graph import NodeConfig
 from perception_fm.msg import Instance, InstanceArray
-from perception_fm.pipelines.object_lifting import LiftPolicy, ObjectLifter
 from perception_fm.replay.synthetic import SampleConfig, render_frame
 from perception_fm.ros import object_mesh_io as io
 from perception_fm.ros.segmentation_io import DepthFrame

@@ -1,7 +1,5 @@
 """The concept node's frame handler: tracker output → InstanceArray, label image, overlay, 3D positions."""
 import numpy as np
-import pytest
-from sensor_msgs.msg import Image
 
 from perception_fm.core.masks import rle_decode
 from perception_fm.geometry.camera import unproject_depth
@@ -9,7 +7,7 @@ from perception_fm.graph import NodeConfig
 from perception_fm.ros import segmentation_io as io
 from perception_fm.ros.image_codec import image_to_numpy, numpy_to_image
 from perception_fm.ros.tf import ns_to_time
-from scripted_segmentation import FRAMES, LABELS, ScriptedSegmentationModel
+from scripted_segmentation import FRAMES, ScriptedSegmentationModel
 
 
 def values(**overrides):

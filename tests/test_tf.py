@@ -1,6 +1,5 @@
 """TfBuffer: the tf2 semantics our nodes rely on where tf2_ros is not installed."""
 import numpy as np
-import pytest
 from geometry_msgs.msg import TransformStamped
 from scipy.spatial.transform import Rotation
 

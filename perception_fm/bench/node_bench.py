@@ -114,9 +114,9 @@ class _Harness:
 
 def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15, 20, 30), seconds: float = 5.0,
         latency_rate: float = 30.0, weights: str = "", device: str = "auto") -> dict:
-    from perception_fm.replay.synthetic import SampleConfig, render_frame
+    from perception_fm.bench.common import sample_frames
 
-    frames = [render_frame(SampleConfig(width=640, height=480, frames=8), i).rgb for i in range(8)]
+    frames = sample_frames(8)
     weight_args = ["-p", f"weights:={weights}"] if weights else ["-p", "random_weights:=true"]
     command = [sys.executable, "-m", "perception_fm.nodes.depth_node", "--ros-args", "-p", f"model:={model}",
                "-p", f"process_res:={process_res}", "-p", f"device:={device}", "-p", "input_qos:=reliable",

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from perception_fm.bench.common import sample_frames, synchronize
+from perception_fm.bench.common import synchronize
 
 OBJECTS_PLUGIN = "perception_fm.plugins.sam3d_objects"
 BODY_PLUGIN = "perception_fm.plugins.sam3d_body"

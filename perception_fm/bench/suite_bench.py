@@ -39,16 +39,16 @@ def run(quick: bool = False) -> dict:
     started = time.perf_counter()
     print(f"== codec ({device})", flush=True)
     results["codec"] = codec_bench.run(frames=20 if quick else 50)
-    print(f"== da3", flush=True)
+    print("== da3", flush=True)
     da3_args = ["--iterations", "2" if quick else ("20" if gpu else "3")]
     if not gpu:
         da3_args += ["--variants", "da3-small", "--resolutions", "280" if quick else "280,504", "--views", "1,4"]
     results["da3"] = _rows(da3_bench.main, da3_args)
-    print(f"== sam3", flush=True)
+    print("== sam3", flush=True)
     results["sam3"] = _rows(sam3_bench.main, ["--iterations", "3"] if quick else [])
-    print(f"== sam3d", flush=True)
+    print("== sam3d", flush=True)
     results["sam3d"] = _rows(sam3d_bench.main, [])
-    print(f"== node (depth_node over DDS)", flush=True)
+    print("== node (depth_node over DDS)", flush=True)
     rates = "1,2,5" if quick else ("5,10,15,20,30,60" if gpu else "1,2,5,10")
     results["node"] = node_bench.run(process_res=504 if gpu else 280, rates=[float(r) for r in rates.split(",")],
                                      seconds=3.0 if quick else 5.0)

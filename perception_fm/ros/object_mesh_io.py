@@ -15,7 +15,7 @@ from std_msgs.msg import ColorRGBA, Header
 
 from perception_fm.core.masks import rle_decode
 from perception_fm.geometry.camera import pixel_rays
-from perception_fm.geometry.mesh import Mesh, export_meshes
+from perception_fm.geometry.mesh import export_meshes
 from perception_fm.msg import ObjectMesh
 from perception_fm.nodes.params import Param
 from perception_fm.pipelines.object_lifting import LiftedObject, LiftJob, LiftPolicy, ObjectLifter
