@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 
 import numpy as np
 from std_msgs.msg import String
@@ -33,15 +32,13 @@ from perception_fm.hookspecs import Task
 from perception_fm.msg import AudioData
 from perception_fm.nodes.node_base import ModelNode, run_node
 from perception_fm.ros.qos import qos_profile
-from perception_fm.speech.audio import decode_audio, resample
-from perception_fm.speech.commands import parse_commands, to_concepts_message
+from perception_fm.speech.audio import decode_audio
+from perception_fm.speech.listener import listen
 from perception_fm.speech.microphone import MicrophoneError, MicrophoneSource
-from perception_fm.speech.params import MODEL_EXTRA_PARAMS, SPEECH_PARAMS, parse_phrase_list
+from perception_fm.speech.params import (MODEL_EXTRA_PARAMS, SPEECH_PARAMS, TOPIC_AUDIO, TOPIC_CONCEPTS,
+                                         TOPIC_TRANSCRIPT, parse_phrase_list)
 from perception_fm.speech.vad import EnergyVad, Utterance, vad_config_from
 
-TOPIC_AUDIO = "audio"
-TOPIC_CONCEPTS = "concepts"
-TOPIC_TRANSCRIPT = "transcript"
 AUDIO_QUEUE_DEPTH = 100  # audio chunks the subscription keeps (a gap in the audio breaks an utterance)
 OUTPUT_DEPTH = 10
 WARMUP_S = 0.5
@@ -125,36 +122,14 @@ class SpeechNode(ModelNode):
         self.phrases = phrases
 
     def process(self, utterance: Utterance) -> float:
-        model = self.model
-        audio = resample(utterance.audio, utterance.sample_rate, model.capabilities.sample_rate)
-        started = time.perf_counter()
-        phrases = self.phrases if (self.phrases and model.capabilities.phrase_list) else None
-        transcript = model.transcribe(audio, phrases)
-        inference_ms = transcript.timings_ms.get("transcribe", (time.perf_counter() - started) * 1e3)
-        text = transcript.text.strip()
-        self._transcripts.publish(String(data=text))
-        confidence = "" if transcript.confidence is None else f" (confidence {transcript.confidence:.2f})"
-        if not text:
-            self.stats.event("no_words")
-            self.get_logger().info(f"heard {utterance.duration_s:.1f} s of sound, no words")
-            return inference_ms
-        minimum = self.values["min_confidence"]
-        if transcript.confidence is not None and transcript.confidence < minimum:
-            self.stats.event("low_confidence")
-            self.get_logger().info(f"heard {text!r}{confidence}: below min_confidence {minimum}, ignored")
-            return inference_ms
-        commands = parse_commands(text)
-        if not commands:
-            self.stats.event("no_command")
-            self.get_logger().info(f"heard {text!r}{confidence}: no command")
-            return inference_ms
-        for command in commands:
-            message = to_concepts_message(command)
+        heard = listen(self.model, utterance, self.phrases, self.values["min_confidence"])
+        self._transcripts.publish(String(data=heard.text))
+        for message in heard.concepts_messages:
             self._concepts.publish(String(data=message))
-            self.stats.event("commands")
-            self.get_logger().info(f"heard {text!r}{confidence}: {command.operation} {list(command.phrases)} "
-                                   f"→ concepts {message!r}")
-        return inference_ms
+        for _ in heard.commands or (None,):  # "commands" counts commands; the other outcomes count utterances
+            self.stats.event(heard.outcome)
+        self.get_logger().info(heard.describe(utterance.duration_s))
+        return heard.inference_ms
 
     def destroy_node(self) -> None:
         if self._microphone is not None:

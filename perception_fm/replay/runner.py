@@ -7,9 +7,11 @@ The output bag also holds every input message, so it opens on its own in RViz or
 
 A node's outputs are delivered to the nodes of the graph that consume them at once (depth_node's depth reaches
 concept_node before the frame itself does), and their TF joins the replay's TF buffer, as it would the live
-graph's. Nodes driven by tracked instances (object_mesh_node, body_node) handle an InstanceArray only once the
-bag message that led to it has been delivered everywhere, so the image and depth of its stamp are there
-whatever the order of the graph's nodes.
+graph's. Nodes driven by tracked instances (object_mesh_node, body_node) handle an InstanceArray once the image,
+camera_info and depth of its stamp have arrived, or once bag time has passed the node's own wait for them
+(depth_wait), whatever the order of the graph's nodes; their outputs get the log time at which they ran.
+speech_node's frames are audio chunks: a spoken command reaches a
+concept_node of the graph before the next image.
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class ReplayNode:
     `on_frame(item) -> (inference_ms, outputs)` (one message of `frame_topic`, by default the image)."""
 
     task: Task
+    idle_event: str | None = "skipped"  # counted for a frame on which the model did not run
 
     @property
     def extra_params(self) -> tuple[str, ...]:
@@ -125,7 +128,8 @@ class ReplayNode:
             self._error(f"frame at {item.timestamp_ns} ns failed: {type(error).__name__}: {error}")
             return []
         if inference_ms is None:
-            self.events["skipped"] += 1
+            if self.idle_event:
+                self.events[self.idle_event] += 1
         else:
             self.inference_ms.append(inference_ms)
         return outputs
@@ -485,8 +489,87 @@ class BodyReplay(InstancesReplay):
         return inference_ms, outputs
 
 
+class SpeechReplay(ReplayNode):
+    """speech_node offline: the bag's audio chunks through the same voice-activity detector and listener. An
+    utterance is transcribed when the chunk that ends it is delivered (the end of the bag ends the last one),
+    so its `concepts` reach a concept_node of the graph before the next image. Frames are audio chunks."""
+
+    task = Task.SPEECH
+    idle_event = None  # most chunks end no utterance
+
+    def setup(self) -> None:
+        from perception_fm.speech.params import TOPIC_AUDIO, TOPIC_CONCEPTS, TOPIC_TRANSCRIPT, parse_phrase_list
+        from perception_fm.speech.vad import EnergyVad, vad_config_from
+
+        self.image_topic = None  # audio, not images
+        self.audio_topic = self.node.topic(TOPIC_AUDIO)
+        self.vad = EnergyVad(vad_config_from(self.values))
+        self.phrases = parse_phrase_list(self.values["phrase_list"])
+        self.topics = {"concepts": self.node.topic(TOPIC_CONCEPTS), "transcript": self.node.topic(TOPIC_TRANSCRIPT)}
+
+    @property
+    def extra_params(self) -> tuple[str, ...]:
+        from perception_fm.speech.params import MODEL_EXTRA_PARAMS
+
+        return MODEL_EXTRA_PARAMS
+
+    @property
+    def frame_topic(self) -> str:
+        return self.audio_topic
+
+    @property
+    def inputs(self) -> set[str]:
+        return {self.audio_topic}
+
+    def check_bag(self, topics: dict[str, str]) -> list[str]:
+        if self.audio_topic not in topics:
+            audio = sorted(t for t, typ in topics.items() if typ == "perception_fm/msg/AudioData")
+            raise ReplayError(f"node {self.node.name!r} reads {self.audio_topic!r}, which is not in the bag; audio "
+                              f"topics in the bag: {', '.join(audio) or 'none'} (set remappings.audio)")
+        warnings = []
+        if self.values["source"] == "microphone":
+            warnings.append(f"{self.node.name}: source is microphone; offline it listens to {self.audio_topic!r}")
+        if self.phrases and not self.model.capabilities.phrase_list:
+            warnings.append(f"{self.node.name}: {self.model.name} takes no phrase list; phrase_list is ignored")
+        return warnings
+
+    def on_frame(self, item: BagMessage):
+        from perception_fm.speech.audio import decode_audio
+
+        samples, rate = decode_audio(item.message)  # BadInputError: a counted drop
+        before = (self.vad.stats.too_short, self.vad.stats.cut)
+        utterances = self.vad.feed(samples, rate)
+        for name, count in (("utterances_too_short", self.vad.stats.too_short - before[0]),
+                            ("utterances_cut", self.vad.stats.cut - before[1])):
+            if count:
+                self.events[name] += count
+        return self._listen(utterances)
+
+    def flush(self, clock_ns: int, final: bool = False) -> list[Output]:
+        if not final:
+            return []
+        _, outputs = self._listen(self.vad.flush())
+        return outputs
+
+    def _listen(self, utterances) -> tuple[float | None, list[Output]]:
+        from std_msgs.msg import String
+
+        from perception_fm.speech.listener import listen
+
+        if not utterances:
+            return None, []
+        outputs, inference_ms = [], 0.0
+        for utterance in utterances:
+            heard = listen(self.model, utterance, self.phrases, self.values["min_confidence"])
+            inference_ms += heard.inference_ms
+            self.events[heard.outcome] += max(len(heard.commands), 1)
+            outputs.append(Output(self.topics["transcript"], String(data=heard.text)))
+            outputs += [Output(self.topics["concepts"], String(data=text)) for text in heard.concepts_messages]
+        return inference_ms, outputs
+
+
 REPLAY_NODES = {"depth_node": DepthReplay, "concept_node": ConceptReplay, "object_mesh_node": ObjectMeshReplay,
-                "body_node": BodyReplay}
+                "body_node": BodyReplay, "speech_node": SpeechReplay}
 
 
 @dataclass

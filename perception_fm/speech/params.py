@@ -8,6 +8,10 @@ from perception_fm.speech.vad import VadConfig
 _VAD = VadConfig()
 SOURCES = ("topic", "microphone")
 
+TOPIC_AUDIO = "audio"
+TOPIC_CONCEPTS = "concepts"
+TOPIC_TRANSCRIPT = "transcript"
+
 SPEECH_PARAMS = (
     # model-specific (a change reloads the model)
     Param("language", "en", "Language spoken (Whisper: a language code for multilingual checkpoints; the "
