@@ -5,7 +5,7 @@
   perception-fm replay IN_BAG --config CONFIG --out OUT_BAG   offline, deterministic replay
   perception-fm eval OUT_BAG [--gt GT]       metrics against ground truth, HTML report
   perception-fm sample OUT_BAG               write the synthetic sample bag
-  perception-fm bench SUITE                  benchmarks (codec, da3, sam3, sam3d, node, suite)
+  perception-fm bench SUITE                  benchmarks (codec, da3, sam3, sam3d, body, node, suite)
 """
 from __future__ import annotations
 

@@ -758,6 +758,14 @@ def test_bench_says_it_cannot_run_and_exits_0(tmp_path, capsys):
     assert all(("Error" in line) for line in lines)
 
 
+def test_bench_body_is_the_body_part_of_sam3d(tmp_path, capsys):
+    from perception_fm.cli import main
+
+    assert main(["bench", "body", "--body-weights", str(tmp_path / "none"), "--offline"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sam3d-body: cannot run here: ")
+
+
 def test_bench_rows_on_stand_in_models(mhr):
     from perception_fm.bench import sam3d_bench
 
