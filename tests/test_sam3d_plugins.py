@@ -650,6 +650,29 @@ def test_estimates_place_upstream_outputs_in_the_camera_frame(mhr):
         assert box[0] < u / w < box[2] and box[1] < v / w < box[3]
 
 
+def test_root_rotation_turns_the_roots_local_offsets_into_camera_frame_bones():
+    """Upstream: joint coordinates = MHR points / 100 with y, z negated; pred_global_rots = each joint's rotation
+    in MHR's frame. A child at root + R d (cm, MHR frame) must sit at root + root_rotation (d / 100) in ours."""
+    rng = np.random.default_rng(3)
+    R = Rotation.random(random_state=4).as_matrix()
+    root_mhr, offset = rng.normal(0, 20, 3), np.array([0.0, 12.0, -5.0])  # cm
+    joints_mhr = np.stack([root_mhr, root_mhr + R @ offset, root_mhr + 2 * R @ offset])
+    flip = np.array([1.0, -1.0, -1.0])
+    output = {"pred_cam_t": np.array([0.3, -0.1, 3.0]), "pred_vertices": joints_mhr / 100 * flip,
+              "pred_joint_coords": joints_mhr / 100 * flip, "pred_keypoints_3d": joints_mhr / 100 * flip,
+              "pred_keypoints_2d": np.zeros((3, 2)),
+              "pred_global_rots": np.stack([R, np.eye(3), np.eye(3)]).astype(np.float32)}
+    estimate = body.estimate_from_output(output, root_joint=0)
+    assert np.allclose(estimate.root_rotation @ estimate.root_rotation.T, np.eye(3), atol=1e-6)
+    assert np.isclose(np.linalg.det(estimate.root_rotation), 1.0, atol=1e-6)
+    for child in (1, 2):
+        bone = estimate.joints[child] - estimate.joints[0]
+        assert np.allclose(bone, estimate.root_rotation @ (child * offset / 100), atol=1e-6)
+    assert body.estimate_from_output(output).root_rotation is None  # no root joint given
+    del output["pred_global_rots"]
+    assert body.estimate_from_output(output, root_joint=0).root_rotation is None  # older upstream
+
+
 def test_missing_upstream_output_is_named():
     with pytest.raises(KeyError, match="pred_cam_t"):
         body.estimate_from_output({"pred_vertices": np.zeros((3, 3))})

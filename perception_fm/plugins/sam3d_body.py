@@ -42,7 +42,9 @@ Upstream conventions (file:line in facebookresearch/sam-3d-body @ b5c765a; the v
   ``pred_keypoints_2d`` (70, 2) pixels, ``pred_joint_coords`` (127, 3), ``pred_cam_t`` (3,), ``global_rot`` (3,)
   (Euler angles of MHR's root), ``body_pose_params`` (133,), ``hand_pose_params`` (108,: 54 PCA per hand),
   ``scale_params`` (28,), ``shape_params`` (45,), ``expr_params`` (72,: zeroed, mhr_head.py:316),
-  ``mhr_model_params`` (204,: the full MHR input, global translation 0, mhr_head.py:213-221), float32.
+  ``mhr_model_params`` (204,: the full MHR input, global translation 0, mhr_head.py:213-221), float32;
+  ``pred_global_rots`` (127, 3, 3): each joint's rotation in MHR's frame (mhr_head.py:235, 365), which gives
+  the root joint's orientation (the person's TF frame).
 * The TorchScript MHR: ``mhr(shape (B, 45), model_params (B, 204), expression (B, 72))`` -> vertices (B, V, 3) cm
   and skeleton state (B, 127, 8) = translation cm, quaternion, scale (mhr_head.py:227-232); its skeleton
   (``character_torch.skeleton``) carries ``joint_names`` and ``joint_parents`` (-1 for the root).
@@ -152,13 +154,21 @@ def _array(output: Mapping[str, Any], key: str, shape: tuple | None = None) -> n
     return value
 
 
-def estimate_from_output(output: Mapping[str, Any], timings_ms: Mapping[str, float] | None = None) -> BodyEstimate:
-    """One BodyEstimate from one dict of SAM3DBodyEstimator.process_one_image's list."""
+def estimate_from_output(output: Mapping[str, Any], timings_ms: Mapping[str, float] | None = None,
+                         root_joint: int | None = None) -> BodyEstimate:
+    """One BodyEstimate from one dict of SAM3DBodyEstimator.process_one_image's list. `root_joint`: the joint
+    whose orientation becomes root_rotation, from ``pred_global_rots`` (each joint's rotation in MHR's frame,
+    mhr_head.py:235, 365): in the camera frame it is MHR_TO_OPENCV applied to its rows (the axis change of points)."""
     cam_t = _array(output, "pred_cam_t", (3,)).astype(np.float64)
     params = {ours: _array(output, theirs).reshape(-1).copy() for theirs, ours in PARAM_KEYS if theirs in output}
 
     def placed(key: str) -> np.ndarray:
         return (_array(output, key, (None, 3)).astype(np.float64) + cam_t).astype(np.float32)
+
+    root_rotation = None
+    if root_joint is not None and output.get("pred_global_rots") is not None:
+        rotations = _array(output, "pred_global_rots", (None, 3, 3)).astype(np.float64)
+        root_rotation = MHR_TO_OPENCV[:, None] * rotations[root_joint]
 
     return BodyEstimate(
         params=params,
@@ -168,12 +178,13 @@ def estimate_from_output(output: Mapping[str, Any], timings_ms: Mapping[str, flo
         keypoints_2d=_array(output, "pred_keypoints_2d", (None, 2)).copy(),
         keypoints_3d=placed("pred_keypoints_3d"),
         timings_ms=dict(timings_ms or {}),
+        root_rotation=root_rotation,
     )
 
 
-def estimates_from_outputs(outputs: Sequence[Mapping[str, Any]],
-                           timings_ms: Mapping[str, float] | None = None) -> list[BodyEstimate]:
-    return [estimate_from_output(output, timings_ms) for output in outputs]
+def estimates_from_outputs(outputs: Sequence[Mapping[str, Any]], timings_ms: Mapping[str, float] | None = None,
+                           root_joint: int | None = None) -> list[BodyEstimate]:
+    return [estimate_from_output(output, timings_ms, root_joint) for output in outputs]
 
 
 class MhrBody:
@@ -361,6 +372,7 @@ class Sam3dBodyModel:
         self.faces = np.asarray(estimator.faces, dtype=np.int32)
         self.joint_names = list(mhr.joint_names)
         self.joint_parents = np.asarray(mhr.joint_parents, dtype=np.int64)
+        self.root_joint = int(np.flatnonzero(self.joint_parents < 0)[0]) if (self.joint_parents < 0).any() else 0
         self.keypoint_names = list(keypoint_names)
 
     @classmethod
@@ -414,7 +426,8 @@ class Sam3dBodyModel:
         elapsed_ms = (time.perf_counter() - started) * 1e3
         if len(outputs) != len(boxes):
             raise BadInputError("estimator", f"SAM 3D Body returned {len(outputs)} people for {len(boxes)} boxes")
-        return estimates_from_outputs(outputs, {"estimate": elapsed_ms, "per_person": elapsed_ms / len(boxes)})
+        return estimates_from_outputs(outputs, {"estimate": elapsed_ms, "per_person": elapsed_ms / len(boxes)},
+                                      self.root_joint)
 
     def pose_from_params(self, params: dict[str, np.ndarray], camera_translation: np.ndarray):
         return self.mhr.pose(params, camera_translation)
