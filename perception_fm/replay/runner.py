@@ -351,6 +351,8 @@ class InstancesReplay(ReplayNode):
     def image_for(self, array):
         """(rgb8 image, its message, intrinsics or None) at the array's stamp; None when that image is not
         there (counted, as the live node does). Intrinsics: camera_info of that stamp, else the latest."""
+        from sensor_msgs.msg import CompressedImage
+
         from perception_fm.ros.camera_info import camera_info_to_intrinsics
         from perception_fm.ros.image_codec import compressed_to_rgb8, image_to_rgb8
 
@@ -359,7 +361,7 @@ class InstancesReplay(ReplayNode):
         if message is None:
             self.events["no_image_for_instances"] += 1
             return None
-        image = compressed_to_rgb8(message) if hasattr(message, "format") else image_to_rgb8(message)
+        image = compressed_to_rgb8(message) if isinstance(message, CompressedImage) else image_to_rgb8(message)
         info = self.camera_infos.get(stamp)
         K = camera_info_to_intrinsics(info).K if info is not None else None
         return image, message, K
