@@ -1,10 +1,13 @@
 """A scripted segmentation model for tests: it answers from the synthetic sample's ground-truth instances
 (random-weight networks cannot produce meaningful masks). The "detector" returns the masks of objects whose
 concept was asked for (with scripted misses and false positives); the "tracker" propagates each object it
-was given as the ground-truth mask of the instance it was started on."""
+was given as the ground-truth mask of the instance it was started on.
+
+Also a pluggy plugin ("scripted-segmentation"); `use_in_default_manager()` registers it for in-process runs."""
 import numpy as np
 import torch
 
+from perception_fm.hookspecs import ModelSpec, Task, hookimpl
 from perception_fm.replay.synthetic import SampleConfig, instance_labels, render_frame
 from perception_fm.tasks.segmentation import Detections, Propagation, SegmentationCapabilities
 
@@ -107,3 +110,20 @@ class ScriptedSegmentationModel:
         session = ScriptedSession(**self.session_options)
         self.sessions.append(session)
         return session
+
+
+@hookimpl
+def register_models():
+    return [ModelSpec(name="scripted-segmentation", task=Task.SEGMENTATION, summary="test double", license="test",
+                      create=lambda options: ScriptedSegmentationModel())]
+
+
+def use_in_default_manager() -> None:
+    """Make "scripted-segmentation" creatable through the default plugin manager (once per process)."""
+    import sys
+
+    from perception_fm.plugin_manager import default_manager
+
+    manager = default_manager()
+    if "scripted-segmentation" not in {entry.spec.name for entry in manager.models(Task.SEGMENTATION)}:
+        manager.register(sys.modules[__name__], name="scripted-segmentation")

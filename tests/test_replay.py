@@ -144,18 +144,9 @@ def test_depth_and_concept_nodes_chain_offline(tmp_path, da3_small_checkpoint):
     node before it, concepts from its parameter and from the bag's /concepts topic."""
     from std_msgs.msg import String
 
-    from perception_fm.hookspecs import ModelSpec, Task, hookimpl
-    from perception_fm.plugin_manager import default_manager
-    from scripted_segmentation import SAMPLE as SCRIPTED_SAMPLE, ScriptedSegmentationModel
+    from scripted_segmentation import SAMPLE as SCRIPTED_SAMPLE, use_in_default_manager
 
-    class ScriptedPlugin:
-        @hookimpl
-        def register_models(self):
-            return [ModelSpec(name="scripted-segmentation", task=Task.SEGMENTATION, summary="test double",
-                              create=lambda options: ScriptedSegmentationModel())]
-
-    if "scripted-segmentation" not in [e.spec.name for e in default_manager().models(Task.SEGMENTATION)]:
-        default_manager().register(ScriptedPlugin(), name="scripted-segmentation")
+    use_in_default_manager()
     sample = SampleConfig(width=SCRIPTED_SAMPLE.width, height=SCRIPTED_SAMPLE.height, frames=6)
     bag = tmp_path / "bag"
     write_sample_bag(bag, sample)

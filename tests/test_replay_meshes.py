@@ -9,31 +9,22 @@ from visualization_msgs.msg import MarkerArray
 import scripted_meshes
 from perception_fm.geometry.camera import pixel_rays
 from perception_fm.graph import load_graph
-from perception_fm.hookspecs import ModelSpec, Task, hookimpl
+from perception_fm.hookspecs import Task
 from perception_fm.plugin_manager import default_manager
 from perception_fm.replay.bag_io import BagReader
 from perception_fm.replay.runner import ReplayError, replay
 from perception_fm.replay.synthetic import TOPICS, camera_to_world, stamp_ns, write_sample_bag
 from perception_fm.ros.tf import stamp_to_ns, transform_to_matrix
-from scripted_segmentation import FRAMES, LABELS, SAMPLE, ScriptedSegmentationModel
+from scripted_segmentation import FRAMES, LABELS, SAMPLE, use_in_default_manager
 
 CONCEPT_IDS = {concept: instance for instance, concept in LABELS.items()}
 
 
-class ScriptedSegmentationPlugin:
-    @hookimpl
-    def register_models(self):
-        return [ModelSpec(name="scripted-segmentation", task=Task.SEGMENTATION, summary="test double",
-                          create=lambda options: ScriptedSegmentationModel())]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def stand_in_models():
+    use_in_default_manager()
     manager = default_manager()
-    names = {entry.spec.name for task in Task for entry in manager.models(task)}
-    if "scripted-segmentation" not in names:
-        manager.register(ScriptedSegmentationPlugin(), name="scripted-segmentation")
-    if "scripted-objects" not in names:
+    if "scripted-objects" not in {entry.spec.name for entry in manager.models(Task.OBJECT_MESH)}:
         manager.register(scripted_meshes, name="scripted-meshes")
 
 

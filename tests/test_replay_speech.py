@@ -5,31 +5,21 @@ import pytest
 import yaml
 
 from perception_fm.graph import load_graph
-from perception_fm.hookspecs import ModelSpec, Task, hookimpl
-from perception_fm.plugin_manager import default_manager
 from perception_fm.replay.bag_io import BagReader, BagWriter
 from perception_fm.replay.runner import ReplayError, replay
 from perception_fm.replay.synthetic import TOPICS, SampleConfig, write_sample_bag
 from perception_fm.ros.tf import ns_to_time, stamp_to_ns
 from perception_fm.speech.audio import encode_audio
-from scripted_segmentation import SAMPLE, ScriptedSegmentationModel
+from scripted_segmentation import SAMPLE, use_in_default_manager
 from test_speech_node import needs_espeak, speak, with_room_noise
 
 CHUNK_S = 0.1
 SPEECH_STARTS_S = 0.5  # bag time at which the audio starts
 
 
-class ScriptedSegmentationPlugin:
-    @hookimpl
-    def register_models(self):
-        return [ModelSpec(name="scripted-segmentation", task=Task.SEGMENTATION, summary="test double",
-                          create=lambda options: ScriptedSegmentationModel())]
-
-
 @pytest.fixture(scope="module", autouse=True)
 def scripted_segmentation():
-    if "scripted-segmentation" not in {e.spec.name for e in default_manager().models(Task.SEGMENTATION)}:
-        default_manager().register(ScriptedSegmentationPlugin(), name="scripted-segmentation")
+    use_in_default_manager()
 
 
 def bag_with_audio(path, config: SampleConfig, audio: np.ndarray, rate: int, encoding: str = "S16LE"):
