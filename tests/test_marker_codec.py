@@ -55,7 +55,9 @@ def test_triangle_list_expands_faces_and_colours():
     points, colors = triangle_list(vertices, faces, np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [0, 0, 0]],
                                                              np.uint8))
     np.testing.assert_array_equal(points, vertices[[0, 1, 2, 0, 2, 3]])
-    np.testing.assert_allclose(colors[1], [0, 1, 0, 1]) and np.testing.assert_allclose(colors[5], [0, 0, 0, 1])
+    # one RGBA row per expanded point, in [0, 1]: each face corner takes its vertex's colour
+    np.testing.assert_allclose(colors, [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1],
+                                        [1, 0, 0, 1], [0, 0, 1, 1], [0, 0, 0, 1]])
 
 
 def test_a_large_mesh_round_trips():

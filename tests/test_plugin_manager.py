@@ -29,8 +29,9 @@ def test_builtin_plugins_register_da3_variants_with_licences():
     assert models["da3-small"].license == "Apache-2.0"
     assert "non-commercial" in models["da3-large"].license
     assert models["da3-small"].default_weights == "depth-anything/DA3-SMALL"
-    assert manager.models(Task.SEGMENTATION) == [] or all(
-        e.spec.task is Task.SEGMENTATION for e in manager.models(Task.SEGMENTATION))
+    # filtering by task returns exactly that task's models: the built-in SAM 3 and none of the depth models
+    assert [e.spec.name for e in manager.models(Task.SEGMENTATION)] == ["sam3"]
+    assert {e.spec.task for e in manager.models(Task.DEPTH)} == {Task.DEPTH}
 
 
 def test_unknown_model_names_what_was_asked_and_what_exists():
