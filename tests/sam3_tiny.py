@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from perception_fm.plugins.sam3.tiny import save_tiny_checkpoint
+from perception_fm.bench.sam3_tiny import save_tiny_checkpoint
 
 TINY_MASK_SIZE = (32, 32)
 
@@ -23,5 +23,5 @@ TINY_MASK_SIZE = (32, 32)
 def save_tiny_sam3(directory: str | os.PathLike, **kwargs) -> Path:
     """Write the tiny checkpoint into `directory` (created if needed) and return it. kwargs: image_size,
     seed, num_queries, object_score_bias, detector_mask_gain, tracker_mask_gain
-    (perception_fm.plugins.sam3.tiny.save_tiny_checkpoint)."""
+    (perception_fm.bench.sam3_tiny.save_tiny_checkpoint)."""
     return save_tiny_checkpoint(directory, **kwargs)

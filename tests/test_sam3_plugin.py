@@ -143,7 +143,7 @@ def test_random_weights_are_labelled(checkpoint, monkeypatch):
     from transformers import Sam3VideoModel
 
     from perception_fm.plugins.sam3 import loading
-    from perception_fm.plugins.sam3.tiny import tiny_config
+    from perception_fm.bench.sam3_tiny import tiny_config
 
     # the default architecture has ~860 M parameters: build the tiny one through the same code path
     monkeypatch.setattr(loading, "random_network", lambda device, image_size=0: Sam3VideoModel(tiny_config()))

@@ -1,6 +1,11 @@
 """A tiny SAM 3 of the real architecture (every module of Sam3VideoModel, small widths and depths), for tests
-and CPU benchmarks: random weights, saved like a hub checkpoint (config.json + model.safetensors +
+and CPU benchmarks only: random weights, saved like a hub checkpoint (config.json + model.safetensors +
 tokenizer files) so it loads through the plugin's real loader.
+
+Its weights are random AND biased (see save_tiny_checkpoint) so that masks look like a trained model's and
+objects stay "present": it tracks nothing real. It lives with the benchmarks, not under perception_fm.plugins,
+and registers no model, so that no node or plugin listing can offer it; whatever reports a figure measured with
+it says WEIGHTS_LABEL.
 """
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import os
 from pathlib import Path
 
 TINY_IMAGE_SIZE = 112  # 8 x 8 patches of 14 px; masks are 32 x 32
+WEIGHTS_LABEL = "random-init (tiny, biased)"  # how benchmark tables and result files name these weights
 
 
 def tiny_config(image_size: int = TINY_IMAGE_SIZE, num_queries: int = 16):
