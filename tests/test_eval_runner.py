@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pycocotools.mask as mask_utils  # references for HOTA/IDF1 (installed by scripts/setup.sh; missing -> fail)
 import pytest
+import trackeval
 from std_msgs.msg import Header
 from tf2_msgs.msg import TFMessage
 
@@ -95,8 +97,6 @@ def write_output(path, sample_bag, frames, *, passthrough=True, **which):
 
 def trackeval_reference(frames):
     """TrackEval's HOTA/IDF1 on the same scene, built straight from the rendered frames."""
-    trackeval = pytest.importorskip("trackeval")
-    mask_utils = pytest.importorskip("pycocotools.mask")
     labels = instance_labels()
     gt_map, pr_map = {}, {}
     data = {"gt_ids": [], "tracker_ids": [], "similarity_scores": []}

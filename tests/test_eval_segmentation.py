@@ -3,7 +3,9 @@ values (IoU, precision/recall, concepts)."""
 from __future__ import annotations
 
 import numpy as np
+import pycocotools.mask as mask_utils  # the references (setup.py extra "dev"; scripts/setup.sh installs trackeval):
 import pytest
+import trackeval  # missing -> the module fails, never skips
 
 from perception_fm.core.masks import rle_encode
 from perception_fm.eval.segmentation import (
@@ -18,9 +20,6 @@ from perception_fm.eval.segmentation import (
     iou_matrix,
     iou_with_labels,
 )
-
-mask_utils = pytest.importorskip("pycocotools.mask")
-trackeval = pytest.importorskip("trackeval")  # pip install trackeval (MIT; tests only)
 
 # pycocotools 2.0.11 under numpy 2 warns on every decode/iou call; nothing to act on here
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept:DeprecationWarning")

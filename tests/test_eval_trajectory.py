@@ -5,6 +5,9 @@ import copy
 
 import numpy as np
 import pytest
+from evo.core import metrics as evo_metrics  # the reference (setup.py extra "eval"): missing -> the module fails
+from evo.core import sync as evo_sync
+from evo.core import trajectory as evo_trajectory
 from scipy.spatial.transform import Rotation
 
 from perception_fm.eval.trajectory import (
@@ -17,9 +20,6 @@ from perception_fm.eval.trajectory import (
 from perception_fm.geometry.sim3 import Sim3
 from perception_fm.replay.synthetic import SampleConfig, camera_to_world
 
-evo_trajectory = pytest.importorskip("evo.core.trajectory")
-from evo.core import metrics as evo_metrics  # noqa: E402
-from evo.core import sync as evo_sync  # noqa: E402
 
 TOL = 1e-6
 

@@ -14,10 +14,11 @@ VENV = Path(sys.prefix)
 
 @pytest.fixture(scope="module")
 def install_prefix(tmp_path_factory):
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake is not installed (system package)")
-    if not (VENV / "share" / "rosidl_default_generators").is_dir():
-        pytest.skip("rosidl generators not installed in this environment (scripts/setup.sh installs them)")
+    # Both are needed by scripts/setup.sh itself (it builds msg/ and srv/ the same way): missing means a broken
+    # set-up, which must fail here rather than skip.
+    assert shutil.which("cmake") is not None, "cmake is not installed (system package; scripts/setup.sh needs it)"
+    assert (VENV / "share" / "rosidl_default_generators").is_dir(), (
+        f"rosidl generators are not installed in {VENV} (scripts/setup.sh installs them)")
     build, prefix = tmp_path_factory.mktemp("build"), tmp_path_factory.mktemp("install")
     # A copy of the package, as it sits in a colcon workspace's src/ (CMake refuses to export include paths
     # that lie inside the source tree, and the venv of a checkout does).
