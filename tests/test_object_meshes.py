@@ -99,15 +99,51 @@ def test_published_mesh_markers_and_message():
     assert sorted(m.text for m in markers if m.type == m.TEXT_VIEW_FACING) == ["4: green cylinder", "7: grey cabinet"]
 
 
+# A camera in odom at (1, 2, 3) looking along odom +x (optical axes: x right = -y, y down = -z, z forward = +x).
+ODOM_FROM_CAMERA = np.array([[0.0, 0, 1, 1], [-1, 0, 0, 2], [0, -1, 0, 3], [0, 0, 0, 1]])
+
+
+class PlacedCubeModel(CubeObjectModel):
+    """The unit cube scaled to half extents (0.1, 0.2, 0.3), turned by a cyclic axis permutation (object x, y, z
+    -> camera y, z, x; 120 degrees about (1, 1, 1): neither it nor the odom rotation it makes is its own
+    transpose, so a transposed or a dropped rotation moves the corners) and put at a known place in the camera
+    frame (one per call), so that where its corners land can be written down."""
+
+    TRANSLATIONS = [(0.0, 0.0, 2.0), (0.5, 0.0, 4.0)]
+
+    def reconstruct(self, request):
+        result = super().reconstruct(request)
+        result.rotation = np.array([[0.0, 0, 1], [1, 0, 0], [0, 1, 0]])
+        result.translation = np.array(self.TRANSLATIONS[self.calls - 1])
+        result.scale = np.array([0.1, 0.2, 0.3], np.float32)
+        return result
+
+
+def corners(xs, ys, zs):
+    return np.array([[x, y, z] for x in xs for y in ys for z in zs])
+
+
 def test_scene_export_places_every_object(tmp_path):
-    handler = io.ObjectMeshHandler(CubeObjectModel(), values())
-    for job in select(handler, 0):
+    handler = io.ObjectMeshHandler(PlacedCubeModel(), values())
+    frame = FRAMES[0]
+    depth = DepthFrame(frame.depth, frame.K, SAMPLE.camera_frame, True)
+    for job in handler.select(instances(frame), frame.rgb, depth, frame.K, ODOM_FROM_CAMERA, "odom"):
         handler.run(job)
     path, count = handler.export(str(tmp_path / "scene.ply"))
     scene = trimesh.load(str(path))
+    # Worked by hand: the turned cube spans x +-0.3, y +-0.1, z +-0.2 in the camera; odom x = 1 + camera z,
+    # odom y = 2 - camera x, odom z = 3 - camera y.
+    expected = np.concatenate([corners((2.8, 3.2), (1.7, 2.3), (2.9, 3.1)),    # at (0, 0, 2) in the camera
+                               corners((4.8, 5.2), (1.2, 1.8), (2.9, 3.1))])   # at (0.5, 0, 4)
     assert count == 2 and len(scene.vertices) == 16
-    expected = np.concatenate([o.mesh.transformed(o.fixed_from_object).vertices for o in handler.lifter.snapshot()])
-    np.testing.assert_allclose(np.sort(scene.vertices, axis=0), np.sort(expected, axis=0), atol=1e-5)
+    np.testing.assert_allclose(np.unique(np.round(scene.vertices, 5), axis=0), np.unique(expected, axis=0), atol=1e-5)
+    # and the objects' TF frames: odom from camera times camera from object, multiplied out by hand
+    transforms = {t.child_frame_id: transform_to_matrix(t.transform) for t in handler.transforms()}
+    assert all(t.header.frame_id == "odom" for t in handler.transforms())
+    np.testing.assert_allclose(sorted(m[:3, 3].tolist() for m in transforms.values()), [[3, 2, 3], [5, 1.5, 3]],
+                               atol=1e-9)
+    for matrix in transforms.values():
+        np.testing.assert_allclose(matrix[:3, :3], [[0, 1, 0], [0, 0, -1], [-1, 0, 0]], atol=1e-9)
     glb = export_meshes([Mesh(np.eye(3, dtype=np.float32), np.array([[0, 1, 2]]))], tmp_path / "one.glb")
     assert trimesh.load(str(glb)).geometry
     with pytest.raises(ValueError, match=".stl"):
@@ -116,11 +152,18 @@ def test_scene_export_places_every_object(tmp_path):
 
 def test_decimation_keeps_colours_of_the_nearest_vertices():
     sphere = trimesh.creation.icosphere(subdivisions=3)
-    colours = (np.abs(sphere.vertices) * 255).astype(np.uint8)
+    # a texture of eight flat regions: each octant of the sphere has its own colour (red/green/blue = x/y/z > 0)
+    colours = ((sphere.vertices > 0) * 255).astype(np.uint8)
     small, source = decimate(Mesh(sphere.vertices.astype(np.float32), sphere.faces.astype(np.int32), colours), 100)
     assert len(small.faces) <= 100 and small.faces.max() < len(small.vertices)
-    np.testing.assert_array_equal(small.colors, colours[source])
     assert np.abs(np.linalg.norm(small.vertices, axis=1) - 1).max() < 0.15  # still a sphere
+    # A kept vertex well inside an octant (every coordinate farther than an original edge, <= 0.165, from 0) has
+    # its nearest original vertex in the same octant, so it must carry that octant's colour.
+    inside = (np.abs(small.vertices) > 0.2).all(axis=1)
+    assert inside.sum() >= 10
+    np.testing.assert_array_equal(small.colors[inside], ((small.vertices[inside] > 0) * 255).astype(np.uint8))
+    # and `source` names a nearby original vertex (within an original edge of the kept one)
+    assert np.linalg.norm(sphere.vertices[source] - small.vertices, axis=1).max() < 0.165
 
 
 def test_model_errors_release_the_track():
