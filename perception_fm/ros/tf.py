@@ -7,15 +7,18 @@ in `source` to `target` (tf2's lookup_transform convention).
 """
 from __future__ import annotations
 
+import logging
+import math
 import threading
-from collections import deque
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Pose, PoseStamped, Transform, TransformStamped
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from scipy.spatial.transform import Rotation, Slerp
 
 try:  # robots: the real thing
     import tf2_ros  # type: ignore
@@ -29,12 +32,78 @@ TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, durabilit
                     history=HistoryPolicy.KEEP_LAST)
 TF_STATIC_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                            durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+REJECT_LOG_PERIOD_S = 5.0
+# Below this norm a quaternion has no direction left to normalise (a zeroed or uninitialised message).
+MIN_QUATERNION_NORM = 1e-6
 
 
 # -- conversions --------------------------------------------------------------------------------------------
+# Plain numpy on purpose: these run in /tf callbacks, concurrently with the worker thread importing torch.
+# scipy's Rotation goes through its array-API layer, which inspects torch whenever torch is in sys.modules,
+# and raised on a half-imported torch (issue 9). Nothing here may import or touch a heavy module.
+
+def quaternion_to_matrix(quaternion: np.ndarray) -> np.ndarray:
+    """Rotation matrices (..., 3, 3) from unit quaternions (..., 4) in ROS order (x, y, z, w)."""
+    x, y, z, w = np.moveaxis(np.asarray(quaternion, np.float64), -1, 0)
+    xx, yy, zz, xy, xz, yz, wx, wy, wz = x * x, y * y, z * z, x * y, x * z, y * z, w * x, w * y, w * z
+    matrix = np.stack([1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
+                       2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
+                       2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy)], axis=-1)
+    return matrix.reshape(matrix.shape[:-1] + (3, 3))
+
+
+def matrix_to_quaternion(rotation: np.ndarray) -> np.ndarray:
+    """Unit quaternions (..., 4), (x, y, z, w) with w >= 0, from rotation matrices (..., 3, 3). Each one is
+    computed from the largest of its four squared components (Shepperd's method), so it stays accurate near
+    180-degree turns where w is small."""
+    r = np.asarray(rotation, np.float64)
+    batch = r.shape[:-2]
+    r = r.reshape(-1, 3, 3)
+    trace = np.trace(r, axis1=1, axis2=2)
+    diagonal = np.diagonal(r, axis1=1, axis2=2)
+    # 4 * squared component (x, y, z, w): 1 + 2*r_ii - trace for the vector part, 1 + trace for w
+    squared = np.concatenate([1 + 2 * diagonal - trace[:, None], 1 + trace[:, None]], axis=1)
+    largest = np.argmax(squared, axis=1)
+    rows = np.arange(len(r))
+    # each candidate row: 4*q_k * (x, y, z, w), valid for q_k the largest (its denominator is far from zero)
+    candidates = np.empty((len(r), 4, 4))
+    candidates[:, 0] = np.stack([squared[:, 0], r[:, 0, 1] + r[:, 1, 0], r[:, 0, 2] + r[:, 2, 0],
+                                 r[:, 2, 1] - r[:, 1, 2]], axis=1)
+    candidates[:, 1] = np.stack([r[:, 0, 1] + r[:, 1, 0], squared[:, 1], r[:, 1, 2] + r[:, 2, 1],
+                                 r[:, 0, 2] - r[:, 2, 0]], axis=1)
+    candidates[:, 2] = np.stack([r[:, 0, 2] + r[:, 2, 0], r[:, 1, 2] + r[:, 2, 1], squared[:, 2],
+                                 r[:, 1, 0] - r[:, 0, 1]], axis=1)
+    candidates[:, 3] = np.stack([r[:, 2, 1] - r[:, 1, 2], r[:, 0, 2] - r[:, 2, 0], r[:, 1, 0] - r[:, 0, 1],
+                                 squared[:, 3]], axis=1)
+    quaternion = candidates[rows, largest]
+    quaternion /= np.linalg.norm(quaternion, axis=1, keepdims=True)
+    quaternion *= np.where(quaternion[:, 3:] < 0, -1.0, 1.0)
+    return quaternion.reshape(batch + (4,))
+
+
+def slerp(q0: np.ndarray, q1: np.ndarray, alpha: float) -> np.ndarray:
+    """Spherical interpolation between unit quaternions (x, y, z, w), the short way round (q and -q are the
+    same rotation), as tf2 interpolates."""
+    dot = float(np.dot(q0, q1))
+    if dot < 0.0:
+        q1, dot = -q1, -dot
+    if dot > 0.9995:  # nearly equal: the sine ratios lose precision; linear is exact to ~1e-7 rad here
+        result = q0 + alpha * (q1 - q0)
+        return result / np.linalg.norm(result)
+    angle = math.acos(min(dot, 1.0))
+    sin_angle = math.sin(angle)
+    return (math.sin((1.0 - alpha) * angle) * q0 + math.sin(alpha * angle) * q1) / sin_angle
+
+
+def _pose_matrix(translation: np.ndarray, quaternion: np.ndarray) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, :3] = quaternion_to_matrix(quaternion)
+    matrix[:3, 3] = translation
+    return matrix
+
 
 def matrix_to_transform(matrix: np.ndarray) -> Transform:
-    x, y, z, w = Rotation.from_matrix(matrix[:3, :3]).as_quat()
+    x, y, z, w = matrix_to_quaternion(matrix[:3, :3])
     transform = Transform()
     transform.translation.x, transform.translation.y, transform.translation.z = (float(v) for v in matrix[:3, 3])
     transform.rotation.x, transform.rotation.y, transform.rotation.z, transform.rotation.w = (
@@ -43,11 +112,14 @@ def matrix_to_transform(matrix: np.ndarray) -> Transform:
 
 
 def transform_to_matrix(transform: Transform) -> np.ndarray:
+    """4x4 from a Transform. The quaternion is normalised; a zero or non-finite one raises ValueError (use
+    TfBuffer for message streams: it counts and drops those instead)."""
     t, q = transform.translation, transform.rotation
-    matrix = np.eye(4)
-    matrix[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    matrix[:3, 3] = (t.x, t.y, t.z)
-    return matrix
+    quaternion = np.array([q.x, q.y, q.z, q.w], np.float64)
+    norm = float(np.linalg.norm(quaternion))
+    if not math.isfinite(norm) or norm < MIN_QUATERNION_NORM:
+        raise ValueError(f"invalid quaternion {tuple(quaternion)}")
+    return _pose_matrix(np.array([t.x, t.y, t.z], np.float64), quaternion / norm)
 
 
 def matrix_to_pose(matrix: np.ndarray) -> Pose:
@@ -95,26 +167,115 @@ def ns_to_time(stamp_ns: int) -> Time:
 
 # -- buffer -------------------------------------------------------------------------------------------------
 
+class _History:
+    """One edge's samples sorted by stamp (strictly increasing), kept in numpy arrays so that lookups are a
+    binary search. Live samples are [start, end); spare room at the end makes appends amortised O(1), and
+    dropping the oldest is moving `start`."""
+
+    MIN_CAPACITY = 16
+
+    def __init__(self) -> None:
+        self.stamps = np.empty(self.MIN_CAPACITY, np.int64)
+        self.translations = np.empty((self.MIN_CAPACITY, 3))
+        self.quaternions = np.empty((self.MIN_CAPACITY, 4))
+        self.start = self.end = 0
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def live_stamps(self) -> np.ndarray:
+        return self.stamps[self.start:self.end]
+
+    def newest(self) -> int:
+        return int(self.stamps[self.end - 1])
+
+    def insert(self, stamp: int, translation: np.ndarray, quaternion: np.ndarray) -> None:
+        """Insert in stamp order; a sample with an existing stamp replaces it (as a republished transform)."""
+        if len(self) and stamp > self.stamps[self.end - 1]:
+            position = self.end  # the usual case: newer than everything
+        else:
+            position = self.start + int(np.searchsorted(self.live_stamps(), stamp))
+            if position < self.end and self.stamps[position] == stamp:
+                self.translations[position], self.quaternions[position] = translation, quaternion
+                return
+        if self.end == len(self.stamps):
+            position -= self.start
+            self._compact()
+            position += self.start
+        if position < self.end:  # out of order: shift the newer samples up by one (numpy handles the overlap)
+            for array in (self.stamps, self.translations, self.quaternions):
+                array[position + 1:self.end + 1] = array[position:self.end]
+        self.stamps[position], self.translations[position], self.quaternions[position] = stamp, translation, quaternion
+        self.end += 1
+
+    def _compact(self) -> None:
+        """Move the live samples to the front of arrays sized 2x their count: at least half the room is then
+        free (amortised appends), and a history that shrank gives its memory back."""
+        count = len(self)
+        capacity = max(self.MIN_CAPACITY, 2 * count)
+        for name in ("stamps", "translations", "quaternions"):
+            old = getattr(self, name)
+            new = np.empty((capacity,) + old.shape[1:], old.dtype)
+            new[:count] = old[self.start:self.end]
+            setattr(self, name, new)
+        self.start, self.end = 0, count
+
+    def drop_before(self, stamp: int) -> None:
+        self.start += int(np.searchsorted(self.live_stamps(), stamp))
+
+    def drop_oldest(self, count: int) -> None:
+        self.start += count
+
+    def at(self, stamp: int, tolerance_ns: int) -> np.ndarray | None:
+        """T_parent_child at `stamp` (0: newest), interpolated like tf2; None outside the history (beyond
+        `tolerance_ns`)."""
+        if stamp == 0:
+            index = self.end - 1
+            return _pose_matrix(self.translations[index], self.quaternions[index])
+        stamps = self.live_stamps()
+        if stamp < stamps[0] - tolerance_ns or stamp > stamps[-1] + tolerance_ns:
+            return None
+        index = int(np.searchsorted(stamps, stamp))
+        if index == 0 or index >= len(stamps) or stamps[index] == stamp:
+            index = min(index, len(stamps) - 1) + self.start
+            return _pose_matrix(self.translations[index], self.quaternions[index])
+        index += self.start
+        t0, t1 = self.stamps[index - 1], self.stamps[index]
+        alpha = float(stamp - t0) / float(t1 - t0)
+        translation = (1 - alpha) * self.translations[index - 1] + alpha * self.translations[index]
+        return _pose_matrix(translation, slerp(self.quaternions[index - 1], self.quaternions[index], alpha))
+
+
 @dataclass
 class _Edge:
     parent: str
     static: bool
-    stamps: deque  # int ns, increasing
-    matrices: deque  # 4x4, T_parent_child
+    history: _History = field(default_factory=_History)
 
 
 class TfBuffer:
     """Transform tree with a bounded history per frame, interpolating between samples like tf2.
 
-    Memory is bounded: each dynamic edge keeps at most `max_samples` samples spanning at most `cache_ns`.
+    Like tf2's buffer, bad input never raises: a transform with an empty frame id, a frame as its own parent,
+    a zero or non-finite quaternion, a non-finite translation, or a stamp older than the edge's cache window
+    is dropped, counted in `rejected` (by reason) and logged at most every REJECT_LOG_PERIOD_S per reason.
+    Finite quaternions are normalised. Out-of-order samples are inserted in order.
+
+    Memory is bounded by time: each dynamic edge keeps the samples within `cache_s` of its newest one. A hard
+    cap of `max_samples` per edge (far above any sane rate times `cache_s`) guards memory against a sender
+    flooding one edge: beyond it the oldest samples go, counted as `cache_full`.
     A frame's parent is whatever its newest sample says (as in tf2).
     """
 
-    def __init__(self, cache_s: float = 10.0, max_samples: int = 1000):
-        self._cache_ns = int(cache_s * 1e9)
-        self._max_samples = max_samples
+    def __init__(self, cache_s: float = 10.0, max_samples: int = 100_000,
+                 warn: Callable[[str], None] | None = None):
+        self._cache_ns = round(cache_s * 1e9)
+        self._max_samples = max(2, int(max_samples))
         self._edges: dict[str, _Edge] = {}
         self._lock = threading.Lock()
+        self._warn = warn or logging.getLogger(__name__).warning
+        self._warned_at: dict[str, float] = {}
+        self.rejected: Counter[str] = Counter()  # reason -> transforms dropped (exact; the log is rate-limited)
 
     def add(self, message, static: bool = False) -> None:
         """Add every transform of a tf2_msgs/TFMessage (or an iterable of TransformStamped)."""
@@ -123,26 +284,49 @@ class TfBuffer:
             for transform in transforms:
                 self._add_one(transform, static)
 
+    def _reject(self, reason: str, transform: TransformStamped, detail: str) -> None:
+        self.rejected[reason] += 1
+        now = time.monotonic()
+        if now - self._warned_at.get(reason, -math.inf) >= REJECT_LOG_PERIOD_S:
+            self._warned_at[reason] = now
+            self._warn(f"TF rejected ({reason}, {self.rejected[reason]} so far): "
+                       f"{transform.header.frame_id!r} -> {transform.child_frame_id!r} at "
+                       f"{stamp_to_ns(transform.header.stamp)} ns: {detail}")
+
     def _add_one(self, transform: TransformStamped, static: bool) -> None:
         child = transform.child_frame_id.lstrip("/")
         parent = transform.header.frame_id.lstrip("/")
+        if not child or not parent:
+            return self._reject("empty_frame_id", transform, "empty frame id")
+        if child == parent:
+            return self._reject("self_transform", transform, "a frame cannot be its own parent")
+        t, q = transform.transform.translation, transform.transform.rotation
+        translation = np.array((t.x, t.y, t.z), np.float64)
+        if not np.isfinite(translation).all():
+            return self._reject("bad_translation", transform, f"non-finite translation {tuple(translation)}")
+        quaternion = np.array((q.x, q.y, q.z, q.w), np.float64)
+        norm = float(np.linalg.norm(quaternion))
+        if not math.isfinite(norm) or norm < MIN_QUATERNION_NORM:
+            return self._reject("bad_quaternion", transform, f"zero or non-finite quaternion {tuple(quaternion)}")
+        quaternion /= norm
         stamp = stamp_to_ns(transform.header.stamp)
-        matrix = transform_to_matrix(transform.transform)
         edge = self._edges.get(child)
         if edge is None or edge.parent != parent or edge.static != static or static:
-            self._edges[child] = _Edge(parent, static, deque([stamp], self._max_samples),
-                                       deque([matrix], self._max_samples))
-            return
-        if stamp < edge.stamps[-1]:  # out of order: insert keeping the history sorted
-            position = int(np.searchsorted(np.fromiter(edge.stamps, np.int64), stamp))
-            edge.stamps.insert(position, stamp)
-            edge.matrices.insert(position, matrix)
-        else:
-            edge.stamps.append(stamp)
-            edge.matrices.append(matrix)
-        while edge.stamps[-1] - edge.stamps[0] > self._cache_ns:
-            edge.stamps.popleft()
-            edge.matrices.popleft()
+            if edge is not None and not static and not edge.static and stamp < edge.history.newest():
+                # an older sample naming another parent must not undo a newer reparenting
+                return self._reject("old_data", transform, f"older than the newest sample (parent {edge.parent!r})")
+            edge = self._edges[child] = _Edge(parent, static)
+        history = edge.history
+        if len(history) and stamp < history.newest() - self._cache_ns:
+            return self._reject("old_data", transform, f"older than the {self._cache_ns / 1e9:g} s cache")
+        history.insert(stamp, translation, quaternion)
+        history.drop_before(history.newest() - self._cache_ns)
+        overflow = len(history) - self._max_samples
+        if overflow > 0:
+            history.drop_oldest(overflow)
+            self.rejected["cache_full"] += overflow - 1  # _reject counts the last one
+            self._reject("cache_full", transform, f"more than {self._max_samples} samples in the cache window; "
+                                                  "the oldest were dropped")
 
     def parent(self, frame: str) -> str | None:
         edge = self._edges.get(frame)
@@ -152,25 +336,16 @@ class TfBuffer:
         with self._lock:
             return sorted(set(self._edges) | {edge.parent for edge in self._edges.values()})
 
-    def _edge_at(self, edge: _Edge, stamp: int, tolerance_ns: int) -> np.ndarray | None:
-        if edge.static or stamp == 0:
-            return edge.matrices[-1]
-        stamps = np.fromiter(edge.stamps, np.int64, len(edge.stamps))
-        if stamp < stamps[0] - tolerance_ns or stamp > stamps[-1] + tolerance_ns:
-            return None
-        index = int(np.searchsorted(stamps, stamp))
-        if index == 0:
-            return edge.matrices[0]
-        if index >= len(stamps):
-            return edge.matrices[-1]
-        t0, t1 = stamps[index - 1], stamps[index]
-        m0, m1 = edge.matrices[index - 1], edge.matrices[index]
-        alpha = (stamp - t0) / (t1 - t0)
-        result = np.eye(4)
-        result[:3, 3] = (1 - alpha) * m0[:3, 3] + alpha * m1[:3, 3]
-        slerp = Slerp([0.0, 1.0], Rotation.from_matrix(np.stack([m0[:3, :3], m1[:3, :3]])))
-        result[:3, :3] = slerp([alpha]).as_matrix()[0]
-        return result
+    def rejected_counts(self) -> Counter:
+        """A copy of `rejected`, safe while the callback thread adds."""
+        with self._lock:
+            return Counter(self.rejected)
+
+    def sample_count(self, frame: str) -> int:
+        """Samples held for the edge ending in `frame` (0 if unknown)."""
+        with self._lock:
+            edge = self._edges.get(frame)
+            return len(edge.history) if edge else 0
 
     def _to_root(self, frame: str, stamp: int, tolerance_ns: int) -> list[tuple[str, np.ndarray | None]]:
         """[(frame, T_parent_frame), ...] walking up to the root; None where no sample covers `stamp`."""
@@ -178,7 +353,7 @@ class TfBuffer:
         while frame in self._edges and frame not in seen:
             seen.add(frame)
             edge = self._edges[frame]
-            chain.append((edge.parent, self._edge_at(edge, stamp, tolerance_ns)))
+            chain.append((edge.parent, edge.history.at(0 if edge.static else stamp, tolerance_ns)))
             frame = edge.parent
         return chain
 
@@ -248,7 +423,11 @@ class TfPublisher:
 
 
 class TfListener:
-    """Keeps a TfBuffer filled from /tf and /tf_static (tf2_ros.Buffer where available)."""
+    """Keeps a TfBuffer filled from /tf and /tf_static (tf2_ros.Buffer where available).
+
+    The subscription callbacks only validate and store (numpy, no lazy imports), so /tf at any rate is safe
+    while the node's worker is still importing its model. Bad transforms are dropped and counted in
+    `rejected` (tf2_ros does its own checking and logging where it is installed; `rejected` stays empty)."""
 
     def __init__(self, node, cache_s: float = 10.0):
         self._tf2_buffer = None
@@ -261,10 +440,16 @@ class TfListener:
         else:
             from tf2_msgs.msg import TFMessage
 
-            self.buffer = TfBuffer(cache_s=cache_s)
+            logger = node.get_logger()
+            self.buffer = TfBuffer(cache_s=cache_s, warn=logger.warning)
             node.create_subscription(TFMessage, TF_TOPIC, lambda m: self.buffer.add(m, static=False), TF_QOS)
             node.create_subscription(TFMessage, TF_STATIC_TOPIC, lambda m: self.buffer.add(m, static=True),
                                      TF_STATIC_QOS)
+
+    @property
+    def rejected(self) -> Counter:
+        """Transforms dropped as bad, by reason (a copy; e.g. for diagnostics)."""
+        return self.buffer.rejected_counts() if self.buffer is not None else Counter()
 
     def lookup(self, target: str, source: str, stamp_ns: int = 0, tolerance_ns: int = 0) -> np.ndarray | None:
         if self._tf2_buffer is None:
@@ -273,9 +458,9 @@ class TfListener:
 
         try:
             transform = self._tf2_buffer.lookup_transform(target, source, Time(nanoseconds=stamp_ns))
-        except (tf2_ros.LookupException, tf2_ros.ConnectivityException, tf2_ros.ExtrapolationException):
+            return transform_to_matrix(transform.transform)
+        except (tf2_ros.TransformException, ValueError):  # every tf2 lookup failure, incl. invalid frame ids
             return None
-        return transform_to_matrix(transform.transform)
 
     def parent(self, frame: str) -> str | None:
         """The frame's parent in the tree (None if the frame is unknown or a root)."""
