@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from perception_fm.nodes.params import MODEL_PARAMS, Param, resolve
+from perception_fm.nodes.params import MODEL_PARAMS, Param, closest, resolve
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,15 @@ NODE_TYPES = {
                                  "sam3d-objects"),
     "body_node": NodeType("perception_fm.nodes.body_node", "perception_fm.ros.body_io:BODY_PARAMS", "sam3d-body"),
 }
-COMMON_PARAMS = ("use_sim_time",)  # ROS-wide parameters any node accepts
+COMMON_PARAMS = (Param("use_sim_time", False, "Use /clock (simulation, bag playback) as the node's time."),)
+COMMON_PARAM_NAMES = tuple(param.name for param in COMMON_PARAMS)  # ROS-wide parameters any node accepts
+NODE_KEYS = ("executable", "namespace", "remappings", "parameters")
+# ROS 2 name rules (rcl's validators): a node name is one token; a namespace is tokens joined by "/"; a topic
+# may also be relative, private (~) or hold {node}/{ns} substitutions. Tokens do not start with a digit.
+_TOKEN = r"[A-Za-z_][A-Za-z0-9_]*"
+_NODE_NAME = re.compile(_TOKEN)
+_NAMESPACE = re.compile(rf"/?{_TOKEN}(/{_TOKEN})*/?")
+_TOPIC = re.compile(rf"(~/?|/)?({_TOKEN}|\{{{_TOKEN}\}})(/({_TOKEN}|\{{{_TOKEN}\}}))*")
 
 
 @dataclass
@@ -71,7 +80,7 @@ class NodeConfig:
     def resolved_parameters(self) -> dict[str, Any]:
         """Every parameter with its value (defaults filled in, `model` included), checked; ValueError names
         the node."""
-        own = {k: v for k, v in self.parameters.items() if k not in COMMON_PARAMS}
+        own = {k: v for k, v in self.parameters.items() if k not in COMMON_PARAM_NAMES}
         try:
             values = resolve(self.param_table(), own)
         except ValueError as error:
@@ -112,29 +121,85 @@ class Graph:
 
 
 def load_graph(path: str | os.PathLike) -> Graph:
-    """Read and check a graph config; ValueError says what is wrong and where."""
+    """Read and check a graph config: the type of every field, ROS names, and every parameter against its
+    node's table (so that `up --dry-run` refuses what a node would refuse at start). ValueError: one line
+    saying where (file, node, field) and what is wrong."""
     path = Path(path)
     try:
         document = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"cannot read graph config {str(path)!r}: {error}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        reason = " ".join(str(error).split())  # YAML errors span several lines
+        raise ValueError(f"cannot read graph config {str(path)!r}: {reason}") from None
     if not isinstance(document, dict) or not isinstance(document.get("nodes"), dict) or not document["nodes"]:
         raise ValueError(f"{path}: expected a mapping with a non-empty 'nodes' mapping")
+    unknown = sorted(map(str, set(document) - {"nodes"}))
+    if unknown:
+        raise ValueError(f"{path}: unknown top-level key(s) {', '.join(unknown)}{closest(unknown[0], ['nodes'])}; "
+                         "a graph config has only 'nodes'")
     nodes = []
     for name, entry in document["nodes"].items():
-        entry = entry or {}
-        unknown = set(entry) - {"executable", "namespace", "remappings", "parameters"}
-        if unknown:
-            raise ValueError(f"{path}: node {name!r} has unknown keys {sorted(unknown)}")
-        executable = entry.get("executable", name)
-        if executable not in NODE_TYPES:
-            raise ValueError(f"{path}: node {name!r} has unknown executable {executable!r}; "
-                             f"known: {', '.join(sorted(NODE_TYPES))}")
-        node = NodeConfig(
-            name=str(name), executable=executable, namespace=str(entry.get("namespace") or ""),
-            remappings={str(k): str(v) for k, v in (entry.get("remappings") or {}).items()},
-            parameters=dict(entry.get("parameters") or {}),
-        )
-        node.resolved_parameters()  # fail early on typos and bad values
+        try:
+            node = _node_config(name, entry)
+            node.parameters = _checked_parameters(node)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
         nodes.append(node)
     return Graph(nodes=nodes, source=str(path))
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _node_config(name: Any, entry: Any) -> NodeConfig:
+    """One `nodes` entry, its structure checked (ValueError names the node and the field)."""
+    if not isinstance(name, str) or not _NODE_NAME.fullmatch(name):
+        raise ValueError(f"node {_show(name)}: a node name is a string of letters, digits and _ that does not "
+                         "start with a digit")
+    where = f"node {name!r}"
+    if entry is None:
+        entry = {}
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a mapping (executable, namespace, remappings, parameters), "
+                         f"got {type(entry).__name__} {_show(entry)}")
+    unknown = sorted(map(str, set(entry) - set(NODE_KEYS)))
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {', '.join(unknown)}{closest(unknown[0], NODE_KEYS)}; "
+                         f"known: {', '.join(NODE_KEYS)}")
+    executable = entry.get("executable", name)
+    if not isinstance(executable, str) or executable not in NODE_TYPES:
+        raise ValueError(f"{where} has unknown executable {_show(executable)}; known: {', '.join(sorted(NODE_TYPES))}")
+    namespace = entry.get("namespace") or ""
+    if not isinstance(namespace, str) or (namespace.strip("/") and not _NAMESPACE.fullmatch(namespace)):
+        raise ValueError(f"{where}: namespace must be a ROS namespace such as /robot1 (tokens of letters, digits "
+                         f"and _ joined by /), got {_show(namespace)}")
+    remappings = entry.get("remappings") or {}
+    if not isinstance(remappings, dict):
+        raise ValueError(f"{where}: remappings must be a mapping of node topic -> graph topic (e.g. image: "
+                         f"/camera/image_raw), got {type(remappings).__name__} {_show(remappings)}")
+    for source, target in remappings.items():
+        for what, topic in (("remapping", source), (f"remapping {_show(source)} ->", target)):
+            if not isinstance(topic, str) or not _TOPIC.fullmatch(topic):
+                raise ValueError(f"{where}: {what} {_show(topic)} is not a ROS topic name (tokens of letters, "
+                                 "digits and _ joined by /, optionally starting with / or ~/)")
+    parameters = entry.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise ValueError(f"{where}: parameters must be a mapping of name: value, got {type(parameters).__name__} "
+                         f"{_show(parameters)}")
+    return NodeConfig(name=name, executable=executable, namespace=namespace, remappings=dict(remappings),
+                      parameters=dict(parameters))
+
+
+def _checked_parameters(node: NodeConfig) -> dict[str, Any]:
+    """The node's given parameters, each checked against its table and converted to its type (e.g. 1 -> 1.0
+    for a float: the ROS parameters file must carry the type the node declares)."""
+    node.resolved_parameters()  # unknown names and bad values, with the node's name
+    table = {param.name: param for param in node.param_table() + COMMON_PARAMS}
+    checked = {}
+    for name, value in node.parameters.items():
+        try:
+            checked[name] = table[name].check(value)
+        except ValueError as error:
+            raise ValueError(f"node {node.name!r}: {error}") from None
+    return checked

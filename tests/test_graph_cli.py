@@ -91,3 +91,64 @@ def test_launch_file_builds_the_graph_where_ros2_launch_exists():
     opaque = next(entity for entity in description.entities if type(entity).__name__ == "OpaqueFunction")
     nodes = opaque.execute(context)
     assert [type(n) for n in nodes] == [Node]
+
+
+# -- every field of a graph config is checked at load: one line naming the node and the field, exit 2 ------
+
+BAD_CONFIGS = {
+    "entry_is_an_int": ("nodes:\n  depth_node: 3\n", r"node 'depth_node'.*mapping"),
+    "node_name_is_an_int": ("nodes:\n  5:\n    executable: depth_node\n", r"node 5.*name"),
+    "remappings_as_a_list": ("nodes:\n  depth_node:\n    remappings: [image, /cam/image]\n",
+                             r"node 'depth_node'.*remappings.*mapping"),
+    "remapping_target_not_a_name": ("nodes:\n  depth_node:\n    remappings: {image: 'a b'}\n",
+                                    r"node 'depth_node'.*remapping 'image'"),
+    "parameters_as_a_string": ("nodes:\n  depth_node:\n    parameters: window_size=3\n",
+                               r"node 'depth_node'.*parameters.*mapping"),
+    "namespace_as_a_list": ("nodes:\n  depth_node:\n    namespace: [a]\n", r"node 'depth_node'.*namespace"),
+    "executable_as_a_list": ("nodes:\n  depth_node:\n    executable: [depth_node]\n",
+                             r"node 'depth_node'.*executable"),
+    "int_beyond_int64": ("nodes:\n  depth_node:\n    parameters: {keyframe_every: 100000000000000000000000}\n",
+                         r"node 'depth_node'.*'keyframe_every'"),
+    "int_as_a_huge_float": ("nodes:\n  depth_node:\n    parameters: {keyframe_every: 1.0e+23}\n",
+                            r"node 'depth_node'.*'keyframe_every'"),
+    "int_as_exponent_string": ("nodes:\n  depth_node:\n    parameters: {keyframe_every: 1e23}\n",
+                               r"node 'depth_node'.*'keyframe_every'"),
+    "float_nan": ("nodes:\n  depth_node:\n    parameters: {confidence_threshold: .nan}\n",
+                  r"node 'depth_node'.*'confidence_threshold'.*finite"),
+    "float_inf": ("nodes:\n  depth_node:\n    parameters: {max_cloud_depth: .inf}\n",
+                  r"node 'depth_node'.*'max_cloud_depth'.*finite"),
+    "float_as_a_huge_int": ("nodes:\n  depth_node:\n    parameters: {max_cloud_depth: " + "9" * 400 + "}\n",
+                            r"node 'depth_node'.*'max_cloud_depth'"),
+    "list_value": ("nodes:\n  depth_node:\n    parameters: {process_res: [504]}\n",
+                   r"node 'depth_node'.*'process_res'.*int"),
+    "sim_time_not_bool": ("nodes:\n  depth_node:\n    parameters: {use_sim_time: 'yes please'}\n",
+                          r"node 'depth_node'.*'use_sim_time'.*bool"),
+    "unknown_top_level_key": ("nodes:\n  depth_node: {}\nnodse: {}\n", r"nodse"),
+    "document_is_a_list": ("- depth_node\n", r"mapping"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CONFIGS))
+def test_bad_configs_are_one_line_naming_the_node_and_field(tmp_path, name, capsys):
+    text, pattern = BAD_CONFIGS[name]
+    config = tmp_path / "graph.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=pattern) as caught:
+        load_graph(config)
+    assert "\n" not in str(caught.value)
+    assert main(["up", str(config), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_unknown_parameter_suggests_the_closest_name(tmp_path):
+    with pytest.raises(ValueError, match=r"proces_res.*did you mean 'process_res'"):
+        load_graph(write(tmp_path, {"nodes": {"depth_node": {"parameters": {"proces_res": 56}}}}))
+
+
+def test_params_file_carries_checked_values_ros_accepts(tmp_path):
+    """An int for a float parameter is written as a float: ROS would refuse an INTEGER for a DOUBLE."""
+    graph = load_graph(write(tmp_path, {"nodes": {"depth_node": {"parameters": {"confidence_threshold": 1}}}}))
+    params = yaml.safe_load(graph.ros_params_yaml())
+    value = params["depth_node"]["ros__parameters"]["confidence_threshold"]
+    assert value == 1.0 and isinstance(value, float)

@@ -272,9 +272,15 @@ def run_node(node_class, args=None) -> int:
     """Entry point used by every node executable: init, spin until Ctrl-C, clean up."""
     from rclpy.executors import ExternalShutdownException
 
+    from perception_fm.nodes.params import ParameterError
+
     tune_malloc()  # steady per-frame buffers without page-fault storms (see perception_fm.core.memory)
     rclpy.init(args=args)
-    node = node_class()  # starts its worker at the end of its constructor
+    try:
+        node = node_class()  # starts its worker at the end of its constructor
+    except ParameterError:  # a bad -p / params-file value: params.declare logged it as one line
+        rclpy.try_shutdown()
+        return 2
     try:
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -1,7 +1,15 @@
 """Node parameters as data: one table per node, used to declare ROS parameters (with descriptors) and to
-validate the same parameters when the offline replay reads them from a config file without a ROS node."""
+validate the same parameters when the offline replay reads them from a config file without a ROS node.
+
+Every value a user gives (config file, ``-p name:=value``, ``--params-file``, ``ros2 param set``) goes through
+``Param.check``: the right type, finite, within int64 (what a ROS parameter can hold), within min/max and
+choices. A value that fails, or a name no table knows, is an error naming the parameter (ParameterError at a
+node's start: one log line and exit 2, like the config loader), never silently ignored.
+"""
 from __future__ import annotations
 
+import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -13,6 +21,28 @@ _TYPES = {
     float: ParameterType.PARAMETER_DOUBLE,
     str: ParameterType.PARAMETER_STRING,
 }
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a ROS integer parameter is an int64
+FLOAT_MAX = 1.7976931348623157e308
+# Parameters rclpy declares on every node by itself (besides those it has declared before ours), or that a
+# launch system may pass to every node; they are not ours to reject.
+ROS_PARAM_PREFIXES = ("qos_overrides.",)
+ROS_PARAMS = frozenset({"use_sim_time", "start_type_description_service", "start_parameter_event_publisher"})
+
+
+class ParameterError(ValueError):
+    """A parameter given to a node at start is unknown or has a bad value (the message is one line)."""
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """repr(value), shortened: messages stay one readable line whatever was passed."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def closest(name: str, known: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' for the known name closest to a typo, or ''."""
+    match = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 @dataclass(frozen=True)
@@ -38,28 +68,41 @@ class Param:
         )
         if self.choices:
             descriptor.additional_constraints = "one of: " + ", ".join(self.choices)
+        # A range's open side is the type's own limit, so that the descriptor refuses exactly what check() does.
         if self.type is int and (self.min is not None or self.max is not None):
             descriptor.integer_range = [IntegerRange(
-                from_value=int(self.min if self.min is not None else -(2**31)),
-                to_value=int(self.max if self.max is not None else 2**31 - 1), step=0)]
+                from_value=int(self.min if self.min is not None else INT64_MIN),
+                to_value=int(self.max if self.max is not None else INT64_MAX), step=0)]
         if self.type is float and (self.min is not None or self.max is not None):
             descriptor.floating_point_range = [FloatingPointRange(
-                from_value=float(self.min if self.min is not None else -1e300),
-                to_value=float(self.max if self.max is not None else 1e300), step=0.0)]
+                from_value=float(self.min if self.min is not None else -FLOAT_MAX),
+                to_value=float(self.max if self.max is not None else FLOAT_MAX), step=0.0)]
         return descriptor
 
     def check(self, value: Any) -> Any:
-        """The value converted to this parameter's type, or ValueError naming the parameter."""
+        """The value converted to this parameter's type, or ValueError naming the parameter (one line)."""
+        name = self.name
         if self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise ValueError(f"parameter {name!r} must be a finite float; got an integer of "
+                                 f"{len(str(abs(value)))} digits") from None
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise ValueError(f"parameter {self.name!r} must be {self.type.__name__}, got {value!r}")
+            raise ValueError(f"parameter {name!r} must be {self.type.__name__}, got {_show(value)}")
+        if self.type is float and not math.isfinite(value):
+            raise ValueError(f"parameter {name!r} must be finite; got {value!r}")
+        if self.type is int and not INT64_MIN <= value <= INT64_MAX:
+            bound = f">= {INT64_MIN}" if value < 0 else f"<= {INT64_MAX}"
+            raise ValueError(f"parameter {name!r} must be {bound} (a ROS integer is int64); got {_show(value)}")
+        if self.type is str and "\0" in value:
+            raise ValueError(f"parameter {name!r} must not contain NUL characters; got {_show(value)}")
         if self.choices and value not in self.choices:
-            raise ValueError(f"parameter {self.name!r} must be one of {', '.join(self.choices)}; got {value!r}")
+            raise ValueError(f"parameter {name!r} must be one of {', '.join(self.choices)}; got {_show(value)}")
         if self.min is not None and value < self.min:
-            raise ValueError(f"parameter {self.name!r} must be >= {self.min}; got {value!r}")
+            raise ValueError(f"parameter {name!r} must be >= {self.min}; got {_show(value)}")
         if self.max is not None and value > self.max:
-            raise ValueError(f"parameter {self.name!r} must be <= {self.max}; got {value!r}")
+            raise ValueError(f"parameter {name!r} must be <= {self.max}; got {_show(value)}")
         return value
 
 
@@ -67,17 +110,57 @@ def resolve(params: Iterable[Param], values: Mapping[str, Any]) -> dict[str, Any
     """Defaults overridden by `values` (e.g. from a config file), every value checked; unknown names are an
     error, so that a typo in a config file is never silently ignored."""
     table = {param.name: param for param in params}
-    unknown = sorted(set(values) - set(table))
+    unknown = sorted((name for name in values if name not in table), key=str)
     if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(sorted(table))}")
+        raise ValueError(f"unknown parameter(s) {', '.join(map(str, unknown))}"
+                         f"{closest(str(unknown[0]), table) if len(unknown) == 1 else ''}; "
+                         f"known: {', '.join(sorted(table))}")
     return {name: param.check(values[name]) if name in values else param.default for name, param in table.items()}
 
 
-def declare(node, params: Iterable[Param]) -> dict[str, Any]:
-    """Declare `params` on an rclpy node (with descriptors) and return their current values."""
+def declare(node, params: Iterable[Param], reject_unknown: bool = True) -> dict[str, Any]:
+    """Declare `params` (the node's whole table) on an rclpy node, with descriptors, and return their values.
+
+    The values given at start (``-p``, ``--params-file``, ``parameter_overrides``) are checked here first, so a
+    bad one is one ERROR line naming the node and parameter and a ParameterError (node executables exit 2)
+    instead of rclpy's traceback; an int given for a float parameter is taken as that float (rclpy itself would
+    refuse it). With `reject_unknown`, a given name that is in no table and is not ROS's own is an error too:
+    rclpy would ignore it, and a typo such as ``proces_res`` would silently leave the default in place.
+    """
+    params = list(params)
+    # rclpy keeps the start-time values of this node in _parameter_overrides (public API offers no way to
+    # list values given for names not declared yet).
+    given = {name: parameter.value for name, parameter in getattr(node, "_parameter_overrides", {}).items()}
+    table = {param.name: param for param in params}
+
+    def fail(message: str):
+        message = f"node {node.get_name()!r}: {message}"
+        node.get_logger().error(message)
+        # The node's constructor will not finish: destroy it as a plain rclpy node now, since the context
+        # destroys the nodes it tracks at shutdown, and a subclass's destroy_node expects a finished node.
+        from rclpy.node import Node
+
+        Node.destroy_node(node)
+        raise ParameterError(message)
+
+    if reject_unknown:
+        for name in sorted(given):
+            if name in table or name in ROS_PARAMS or name.startswith(ROS_PARAM_PREFIXES) or node.has_parameter(name):
+                continue
+            fail(f"unknown parameter {name!r}{closest(name, table)}; `ros2 param list` or the node's parameter "
+                 "table (README) lists the known ones")
     values = {}
     for param in params:
-        node.declare_parameter(param.name, param.default, param.descriptor())
+        value = param.default
+        if param.name in given:
+            try:
+                value = param.check(given[param.name])
+            except ValueError as error:
+                fail(str(error))
+        try:
+            node.declare_parameter(param.name, value, param.descriptor(), ignore_override=True)
+        except Exception as error:  # rclpy's ParameterException & co: a value check() let through
+            fail(f"parameter {param.name!r}: {type(error).__name__}: {' '.join(str(error).split())}")
         values[param.name] = param.check(node.get_parameter(param.name).value)
     return values
 
