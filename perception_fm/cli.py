@@ -89,7 +89,9 @@ def cmd_replay(args) -> int:
               f"dropped {sum(node['dropped'].values())}")
     print(f"wrote {args.out} ({sum(report.outputs.values())} messages) and {os.path.join(args.out, REPORT_FILE)} "
           f"in {report.wall_s:.1f} s")
-    return 1 if report.bag_error else 0
+    # A damaged input (report.bag_error; the replay has said where, and that the output holds everything before
+    # it) fails the run, like a missing or unreadable one: scripts must not take a partial output for a whole one.
+    return 2 if report.bag_error else 0
 
 
 def cmd_sample(args) -> int:
