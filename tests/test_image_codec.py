@@ -360,3 +360,141 @@ def test_compressed_errors():
         rgb8_to_compressed(np.zeros((2, 2), np.uint8))
     with pytest.raises(BadInputError):
         rgb8_to_compressed(np.zeros((2, 2, 3), np.uint8), "webp2")
+
+
+# -- resource bounds: images larger than max_pixels are refused, compressed ones before decoding ----------------
+
+HUGE_IMAGES_SCRIPT = r"""
+import resource, struct, sys, zlib
+import cv2, numpy as np
+from sensor_msgs.msg import CompressedImage
+from perception_fm.errors import BadInputError
+from perception_fm.ros.image_codec import compressed_to_rgb8
+
+def chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+def huge_png(side):  # a valid PNG of side x side black pixels: a few hundred kB
+    compressor, row, parts = zlib.compressobj(9), bytes(1 + 3 * side), []
+    for _ in range(side):
+        parts.append(compressor.compress(row))
+    parts.append(compressor.flush())
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+def huge_jpeg(side):  # a small JPEG whose frame header declares side x side
+    data = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", side, side)
+    return bytes(data)
+
+kind = sys.argv[1]
+data = huge_png(10000) if kind == "png" else huge_jpeg(10000)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    compressed_to_rgb8(CompressedImage(format=kind, data=data))
+    outcome = "decoded"
+except BadInputError as error:
+    outcome = error.reason
+grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(f"{outcome} {len(data)} {grown_mb:.1f}")
+"""
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_huge_declared_image_is_refused_before_decoding(kind):
+    """10000x10000 declared in a small file: refused from its header, the process's peak memory barely moves
+    (decoding takes 300 MB and more)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", HUGE_IMAGES_SCRIPT, kind], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    outcome, size, grown_mb = result.stdout.split()
+    assert int(size) < 1_000_000
+    assert outcome == "too_large", result.stdout
+    assert float(grown_mb) < 50, f"peak memory grew by {grown_mb} MB"
+
+
+def test_pixel_limit_applies_to_raw_and_compressed_images_and_is_configurable():
+    rgb = random_pixels("rgb8", 40, 50)  # 2000 pixels
+    for message, decode in ((numpy_to_image(rgb, "rgb8"), image_to_rgb8),
+                            (rgb8_to_compressed(rgb, "png"), compressed_to_rgb8),
+                            (rgb8_to_compressed(rgb, "jpeg"), compressed_to_rgb8)):
+        with pytest.raises(BadInputError) as excinfo:
+            decode(message, max_pixels=1999)
+        assert reason(excinfo) == "too_large" and "50x40" in str(excinfo.value)
+        assert decode(message, max_pixels=2000).shape == (40, 50, 3)
+        assert decode(message, max_pixels=0).shape == (40, 50, 3)  # 0: no limit
+    # a raw image declaring a huge size is refused by its size, whatever its data
+    huge = Image(height=100_000, width=100_000, encoding="rgb8", step=300_000, data=b"\x00" * 12)
+    with pytest.raises(BadInputError) as excinfo:
+        image_to_rgb8(huge)
+    assert reason(excinfo) == "too_large"
+    short = Image(height=4, width=4, encoding="rgb8", step=12, data=b"\x00" * 12)
+    with pytest.raises(BadInputError) as excinfo:
+        image_to_rgb8(short)
+    assert reason(excinfo) == "size"
+
+
+def test_header_sizes_are_read_without_decoding():
+    from perception_fm.ros.image_codec import compressed_size, message_bytes
+
+    rgb = random_pixels("rgb8", 30, 70)
+    for fmt in ("png", "jpeg"):
+        data = message_bytes(rgb8_to_compressed(rgb, fmt).data)
+        assert compressed_size(data) == (fmt, 70, 30)
+    for junk in (b"GIF89a" + b"\x00" * 30, b"\xff\xd8\xff\xe0\x00\x10JFIF", b"\x89PNG\r\n\x1a\n\x00"):
+        with pytest.raises(BadInputError) as excinfo:
+            compressed_size(np.frombuffer(junk, np.uint8))
+        assert reason(excinfo) == "decode"
+
+
+def corrupt_frames() -> list[CompressedImage]:
+    rgb = random_pixels("rgb8", 64, 64)
+    png = bytearray(rgb8_to_compressed(rgb, "png").data.tobytes())
+    jpeg = bytearray(rgb8_to_compressed(rgb, "jpeg").data.tobytes())
+    frames = []
+    for index in range(10):
+        bad_idat = bytearray(png)
+        bad_idat[40:60] = bytes([index]) * 20
+        bad_crc = bytearray(png)
+        bad_crc[29] ^= 0xFF
+        bad_jpeg = bytearray(jpeg)
+        bad_jpeg[300:400] = b"\x55" * 100
+        frames += [CompressedImage(format="png", data=bytes(bad_idat)), CompressedImage(format="png", data=bytes(bad_crc)),
+                   CompressedImage(format="jpeg", data=bytes(bad_jpeg))]
+    return frames
+
+
+def test_decoder_warnings_do_not_reach_stderr_and_are_in_the_error(capfd):
+    """libpng/libjpeg/OpenCV print from C, once per bad frame, bypassing the node's rate-limited drop log."""
+    reasons = []
+    for frame in corrupt_frames():
+        try:
+            compressed_to_rgb8(frame)
+            reasons.append("decoded")  # a JPEG with corrupt data the decoder can still decode
+        except BadInputError as error:
+            reasons.append(error.reason)
+            if "png" in frame.format:
+                assert "libpng" in str(error)
+    err = capfd.readouterr().err
+    assert err == "", err
+    assert reasons.count("decode") == 20 and reasons.count("decoded") == 10
+
+
+def test_other_stderr_output_during_a_decode_is_kept(monkeypatch, capfd):
+    import os
+
+    from perception_fm.ros import image_codec
+
+    def noisy_decoder(data, flags):  # stands for the C decoder and another thread logging meanwhile
+        os.write(2, b"libpng warning: iCCP: known incorrect sRGB profile\n[INFO] [1.0] [other_node]: hello\n")
+        return None
+
+    monkeypatch.setattr(image_codec.cv2, "imdecode", noisy_decoder)
+    with pytest.raises(BadInputError) as excinfo:
+        compressed_to_rgb8(rgb8_to_compressed(random_pixels("rgb8", 8, 8), "png"))
+    assert "iCCP" in str(excinfo.value)
+    assert capfd.readouterr().err == "[INFO] [1.0] [other_node]: hello\n"

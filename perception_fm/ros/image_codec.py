@@ -10,11 +10,22 @@ numpy arrays, memoryviews and lists (tens of ms for a VGA frame). ``bytes`` is i
 element when fields are checked. So builders here fill one ``array.array('B')`` (``to_uint8_array``) and hand it
 to a message made with ``check_fields=True`` (``new_message``): no per-element work and no second copy in
 either mode. Such messages check later field assignments too.
+
+Resource bounds: an image is refused (BadInputError 'too_large') when it has more than `max_pixels` pixels,
+and a compressed one before it is decoded, from the size its PNG/JPEG header declares: a 300 kB PNG may declare
+10000x10000 pixels, and decoding it would take gigabytes. libpng, libjpeg and OpenCV print warnings about bad
+compressed data straight to stderr from C, one per frame; those lines are taken out of the process's stderr
+while a frame decodes and put into the decode error instead, which the node counts and logs rate-limited.
 """
 from __future__ import annotations
 
 import array
+import os
 import re
+import struct
+import sys
+import tempfile
+import threading
 from typing import NamedTuple
 
 import cv2
@@ -108,6 +119,18 @@ def _lookup(encoding: str) -> Encoding:
 
 # -- decoding -------------------------------------------------------------------------------------------------
 
+# Default pixel limit of decoded images: 8K UHD (7680x4320, 33.2 Mpx). A node's `max_image_pixels` parameter
+# changes it; 0 = no limit.
+MAX_IMAGE_PIXELS = 7680 * 4320
+
+
+def _check_pixels(what: str, width: int, height: int, max_pixels: int, before: str = "") -> None:
+    if max_pixels > 0 and width * height > max_pixels:
+        raise BadInputError(
+            "too_large", f"{what} of {width}x{height} = {width * height / 1e6:.1f} Mpx is larger than "
+                         f"max_image_pixels = {max_pixels / 1e6:.1f} Mpx{before}")
+
+
 def image_to_numpy(msg: Image) -> np.ndarray:
     """(H, W) for one-channel encodings, else (H, W, C), in the encoding's dtype (native byte order).
 
@@ -149,14 +172,16 @@ def _to_8bit(image: np.ndarray) -> np.ndarray:
     return (image >> 8).astype(np.uint8)
 
 
-def image_to_rgb8(msg: Image) -> np.ndarray:
+def image_to_rgb8(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H, W, 3) uint8 RGB, what the models take.
 
     rgb8 comes back as ``image_to_numpy`` gives it (no copy). bgr/rgba/bgra (8 or 16 bit), mono8/mono16/8UC1/
     16UC1, yuv422 (UYVY), yuv422_yuy2 (YUYV) and Bayer (demosaiced) are converted; 16-bit values are scaled to
-    8 bits (value / 256). Encodings without a colour meaning (8UC3, 32FC1, ...) raise BadInputError('encoding').
+    8 bits (value / 256). Encodings without a colour meaning (8UC3, 32FC1, ...) raise BadInputError('encoding');
+    more than `max_pixels` pixels (0 = no limit) BadInputError('too_large').
     """
     name = msg.encoding
+    _check_pixels(f"{name} image", int(msg.width), int(msg.height), max_pixels)
     image = image_to_numpy(msg)
     if name == "rgb8":
         return image
@@ -186,22 +211,134 @@ def image_to_rgb8(msg: Image) -> np.ndarray:
                                     "bgra8, mono8, mono16, yuv422 or bayer_*")
 
 
-def compressed_to_rgb8(msg: CompressedImage) -> np.ndarray:
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they carry the image size): C0-CF but C4 (DHT), C8 (JPG) and CC (DAC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_NO_LENGTH = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn and TEM stand alone
+_JPEG_MAX_SEGMENTS = 4096  # before the frame header; real files have a few dozen
+
+
+def compressed_size(data: np.ndarray) -> tuple[str, int, int]:
+    """('png' | 'jpeg', width, height) as the header of PNG or JPEG bytes declares them, read without
+    decoding; BadInputError('decode') for other or broken data."""
+    head = bytes(data[:64])
+    if head.startswith(_PNG_SIGNATURE):
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            raise BadInputError("decode", f"PNG of {data.size} bytes has no IHDR header chunk")
+        width, height = struct.unpack(">II", head[16:24])
+        return "png", width, height
+    if head.startswith(b"\xff\xd8"):
+        return ("jpeg", *_jpeg_size(data))
+    raise BadInputError("decode", f"{data.size} bytes are neither PNG nor JPEG (they start with {head[:8]!r})")
+
+
+def _jpeg_size(data: np.ndarray) -> tuple[int, int]:
+    size, position = data.size, 2
+    for _ in range(_JPEG_MAX_SEGMENTS):
+        while position < size and data[position] == 0xFF:  # a marker, after any fill bytes
+            position += 1
+        if position >= size or data[position - 1] != 0xFF:
+            break
+        marker = int(data[position])
+        position += 1
+        if marker in _JPEG_NO_LENGTH:
+            continue
+        if marker in (0xD9, 0xDA) or position + 2 > size:  # end of image / scan data before a frame header
+            break
+        length = int(data[position]) << 8 | int(data[position + 1])
+        if marker in _JPEG_SOF:
+            if position + 7 > size:
+                break
+            height = int(data[position + 3]) << 8 | int(data[position + 4])
+            width = int(data[position + 5]) << 8 | int(data[position + 6])
+            if height == 0:  # the height comes later in a DNL marker: libjpeg does not support it
+                raise BadInputError("decode", "JPEG frame header declares height 0 (DNL), which is not supported")
+            return width, height
+        position += length
+    raise BadInputError("decode", f"JPEG of {size} bytes has no frame header (SOF) before its scan data")
+
+
+# What libpng, libjpeg and OpenCV's own logging print about bad compressed data (stderr, from C).
+_CODEC_LINE = re.compile(
+    rb"libpng (warning|error)|\[\s*(WARN|ERROR|INFO|DEBUG|VERBOSE|FATAL):\d+@|Corrupt JPEG data|Premature end of "
+    rb"JPEG|Invalid SOS parameters|Inconsistent progression|Warning: unknown JFIF|Unknown Adobe color|"
+    rb"Application transferred too")
+
+
+class _CodecMessages:
+    """Takes what the C decoders print to stderr out of the process's stderr while a frame decodes.
+
+    fd 2 points at a scratch file during the decode (decodes are serialised by a lock: fd 2 is the process's);
+    afterwards the codec lines are returned, and anything else another thread wrote meanwhile (a ROS log line)
+    is written to the real stderr, later but not lost.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._scratch = None
+
+    def decode(self, data: np.ndarray, flags: int) -> tuple[np.ndarray | None, list[str]]:
+        with self._lock:
+            try:
+                if self._scratch is None:
+                    self._scratch = tempfile.TemporaryFile(buffering=0)
+                sys.stderr.flush()  # Python's buffered text goes out before the switch
+                saved = os.dup(2)
+            except (OSError, ValueError, AttributeError):  # no usable stderr: decode as it is
+                return cv2.imdecode(data, flags), []
+            scratch = self._scratch.fileno()
+            try:
+                os.dup2(scratch, 2)
+                try:
+                    return cv2.imdecode(data, flags), self._collect(saved)
+                except BaseException:
+                    self._collect(saved)
+                    raise
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+    def _collect(self, real_stderr: int) -> list[str]:
+        scratch = self._scratch.fileno()
+        length = os.lseek(scratch, 0, os.SEEK_END)
+        os.lseek(scratch, 0, os.SEEK_SET)
+        captured = os.read(scratch, length) if length else b""
+        os.ftruncate(scratch, 0)
+        os.lseek(scratch, 0, os.SEEK_SET)
+        codec, other = [], []
+        for line in captured.splitlines(keepends=True):
+            (codec if _CODEC_LINE.match(line.lstrip()) else other).append(line)
+        if other:
+            os.write(real_stderr, b"".join(other))
+        return [line.decode(errors="replace").strip() for line in codec]
+
+
+_CODEC_MESSAGES = _CodecMessages()
+_IMREAD_RGB = cv2.IMREAD_COLOR_RGB if hasattr(cv2, "IMREAD_COLOR_RGB") else cv2.IMREAD_COLOR
+
+
+def compressed_to_rgb8(msg: CompressedImage, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H, W, 3) uint8 RGB from a jpeg or png CompressedImage (grey and 16-bit sources are brought to 8-bit
-    RGB). Undecodable data raises BadInputError('decode')."""
+    RGB). Undecodable data raises BadInputError('decode'), with what the decoder said; more than `max_pixels`
+    pixels declared in the header (0 = no limit) BadInputError('too_large'), before any decoding. Warnings about
+    data the decoder could still decode (e.g. extraneous bytes, common from USB cameras) are not printed."""
     # format: 'jpeg', 'png', 'rgb8; jpeg compressed bgr8', ...; the decoder recognises jpeg/png by their bytes.
     if "compresseddepth" in msg.format.lower():
         raise BadInputError("encoding", f"compressed format {msg.format!r} is a depth image, not a colour image")
     data = message_bytes(msg.data)
     if data.size == 0:
         raise BadInputError("empty", f"compressed image ({msg.format!r}) has no data")
+    kind, width, height = compressed_size(data)
+    _check_pixels(f"{kind} image", width, height, max_pixels, before="; refused before decoding")
     try:
-        rgb = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB if hasattr(cv2, "IMREAD_COLOR_RGB") else cv2.IMREAD_COLOR)
+        rgb, said = _CODEC_MESSAGES.decode(data, _IMREAD_RGB)
     except cv2.error as error:
-        raise BadInputError("decode", f"could not decode {data.size} bytes of {msg.format!r}: {error}") from error
+        reason = " ".join(str(error).split())
+        raise BadInputError("decode", f"could not decode {data.size} bytes of {msg.format!r}: {reason}") from error
     if rgb is None or rgb.size == 0:
-        raise BadInputError("decode", f"could not decode {data.size} bytes of {msg.format!r}")
-    if not hasattr(cv2, "IMREAD_COLOR_RGB"):
+        detail = f": {'; '.join(said[:3])}" if said else ""
+        raise BadInputError("decode", f"could not decode {data.size} bytes of {msg.format!r}{detail}")
+    if _IMREAD_RGB == cv2.IMREAD_COLOR:
         rgb = cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB)
     return rgb
 
