@@ -246,6 +246,10 @@ class _History:
         return _pose_matrix(translation, slerp(self.quaternions[index - 1], self.quaternions[index], alpha))
 
 
+def _numbers(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{float(v):g}" for v in values) + ")"
+
+
 @dataclass
 class _Edge:
     parent: str
@@ -303,11 +307,11 @@ class TfBuffer:
         t, q = transform.transform.translation, transform.transform.rotation
         translation = np.array((t.x, t.y, t.z), np.float64)
         if not np.isfinite(translation).all():
-            return self._reject("bad_translation", transform, f"non-finite translation {tuple(translation)}")
+            return self._reject("bad_translation", transform, f"non-finite translation {_numbers(translation)}")
         quaternion = np.array((q.x, q.y, q.z, q.w), np.float64)
         norm = float(np.linalg.norm(quaternion))
         if not math.isfinite(norm) or norm < MIN_QUATERNION_NORM:
-            return self._reject("bad_quaternion", transform, f"zero or non-finite quaternion {tuple(quaternion)}")
+            return self._reject("bad_quaternion", transform, f"zero or non-finite quaternion {_numbers(quaternion)}")
         quaternion /= norm
         stamp = stamp_to_ns(transform.header.stamp)
         edge = self._edges.get(child)
