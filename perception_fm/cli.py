@@ -19,23 +19,42 @@ import tempfile
 
 
 def cmd_plugins(args) -> int:
-    from perception_fm.plugin_manager import default_manager
+    """Installed models: whether each can run here (modules, CUDA, weights present or how they come) and its
+    full licence. Looks at the local hub cache only: no network call."""
+    import shutil
+    import textwrap
+
+    from perception_fm.plugin_manager import cached_hub_repos, cuda_available, default_manager, weights_state
 
     entries = default_manager().models(args.task)
+    cached = cached_hub_repos()
+    cuda = cuda_available() if any(e.spec.needs_cuda for e in entries) else None
+    states = [weights_state(e.spec, cached) for e in entries]
     if args.json:
         print(json.dumps([{"task": str(e.spec.task), "name": e.spec.name, "plugin": e.plugin,
                            "license": e.spec.license, "weights": e.spec.default_weights,
-                           "summary": e.spec.summary, "missing": e.missing} for e in entries], indent=2))
+                           "weights_state": w.state, "weights_detail": w.detail, "gated": e.spec.gated,
+                           "needs_cuda": e.spec.needs_cuda, "status": e.status(w, cuda),
+                           "summary": e.spec.summary, "missing": e.missing} for e, w in zip(entries, states)],
+                         indent=2))
         return 0
-    def short(text: str, width: int = 44) -> str:  # full licence texts: --json
-        return text if len(text) <= width else text[: width - 1] + "…"
-
-    rows = [(str(e.spec.task), e.spec.name, short(e.spec.license), e.plugin,
-             "ok" if not e.missing else "missing: " + ", ".join(e.missing)) for e in entries]
-    header = ("TASK", "MODEL", "LICENSE", "PLUGIN", "STATUS")
-    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    header = ("TASK", "MODEL", "STATUS", "WEIGHTS", "LICENSE")
+    rows = [(str(e.spec.task), e.spec.name, e.status(w, cuda), w.label, e.spec.license)
+            for e, w in zip(entries, states)]
+    # Long cells wrap inside their column (licences are never cut: users must read them to pick a model).
+    total = max(shutil.get_terminal_size((140, 24)).columns, 100)
+    widths = [max(len(row[i]) for row in rows + [header]) for i in range(2)] + [30, 36]
+    widths.append(max(total - sum(widths) - 2 * len(widths), 30))
     for row in [header] + rows:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        cells = [textwrap.wrap(cell, width, break_on_hyphens=False, break_long_words=False) or [""]
+                 for cell, width in zip(row, widths)]
+        for line in range(max(map(len, cells))):
+            parts = [(cell[line] if line < len(cell) else "").ljust(width) for cell, width in zip(cells, widths)]
+            print("  ".join(parts).rstrip())
+    for entry, state in zip(entries, states):
+        if state.state in ("gated", "unavailable"):
+            print(f"{entry.spec.name}: {state.detail}")
+    print("(--json: all of it, with plugin modules and summaries)")
     return 0
 
 

@@ -89,6 +89,8 @@ class ModelSpec:
     create: builds the model; raises WeightsNotFoundError / PluginUnavailableError with a clear message.
     requires: importable modules ``create`` needs; listed as missing by ``perception-fm plugins``.
     license: licence of the default weights (users must see it when they pick a model).
+    gated: the default weights are gated on the Hugging Face hub (accept the licence, then `hf auth login`).
+    needs_cuda: the model runs only on a CUDA GPU.
     """
 
     name: str
@@ -98,6 +100,8 @@ class ModelSpec:
     license: str = "unknown"
     default_weights: str = ""
     requires: tuple[str, ...] = ()
+    gated: bool = False
+    needs_cuda: bool = False
 
 
 @hookspec

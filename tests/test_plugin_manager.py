@@ -102,3 +102,73 @@ def test_third_party_plugin_found_through_entry_point(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0] == "acme model"
     assert any(line.split()[:2] == ["depth", "acme-depth"] and "MIT" in line for line in lines)
+
+
+# -- `perception-fm plugins`: whether each model can run here, weights included, and full licences ------------
+
+def fake_hub_cache(root, repo_id: str, files: dict[str, bytes]):
+    """The hub cache layout huggingface_hub writes (blobs, a snapshot of symlinks, refs/main)."""
+    import hashlib
+
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    revision = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for name, content in files.items():
+        blob = repo / "blobs" / hashlib.sha256(content).hexdigest()
+        blob.write_bytes(content)
+        (snapshot / name).symlink_to(blob)
+    return root
+
+
+def test_weights_state_is_found_without_network(tmp_path, monkeypatch):
+    from perception_fm import plugin_manager
+    from perception_fm.plugin_manager import cached_hub_repos, weights_state
+
+    cache = fake_hub_cache(tmp_path, "depth-anything/DA3-SMALL", {"config.json": b"{}", "model.safetensors": b"x" * 10})
+    fake_hub_cache(tmp_path, "depth-anything/DA3-BASE", {"config.json": b"{}"})  # no weights file: not cached
+    cached = cached_hub_repos(cache)
+    assert set(cached) == {"depth-anything/DA3-SMALL"}
+    manager = PluginManager(entry_points=False)
+    entries = {entry.spec.name: entry for entry in manager.models()}
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(plugin_manager, "_hub_token", lambda: False)
+    small = weights_state(entries["da3-small"].spec, cached)
+    assert small.state == "cached" and small.usable
+    assert weights_state(entries["da3-base"].spec, cached).state == "download"
+    sam3 = weights_state(entries["sam3"].spec, cached)
+    assert sam3.state == "gated" and "hf auth login" in sam3.detail and "huggingface.co/facebook/sam3" in sam3.detail
+    assert "hf auth login" in entries["sam3"].status(sam3, cuda=False)
+    assert weights_state(entries["pocketsphinx"].spec, cached).state == "none"
+    if not entries["da3-small"].missing:
+        assert entries["da3-small"].status(small, cuda=False) == "ready"
+    assert "download" in entries["da3-base"].status(weights_state(entries["da3-base"].spec, cached), cuda=False)
+    assert "CUDA" in entries["sam3d-objects"].status(weights_state(entries["sam3d-objects"].spec, cached), cuda=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights_state(entries["da3-base"].spec, cached).state == "unavailable"
+    assert weights_state(entries["da3-small"].spec, cached).state == "cached"
+
+
+def test_plugins_listing_shows_weights_and_full_licences(tmp_path):
+    import os
+
+    cache = fake_hub_cache(tmp_path / "hub", "depth-anything/DA3-SMALL", {"model.safetensors": b"x" * 10})
+    env = {key: value for key, value in os.environ.items() if not key.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "home"), HF_HUB_CACHE=str(cache), COLUMNS="120")
+    result = subprocess.run([sys.executable, "-m", "perception_fm.cli", "plugins"], capture_output=True, text=True,
+                            timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    rows = {line.split()[1]: line for line in out.splitlines() if line[:1].strip() and len(line.split()) > 1}
+    assert "cached" in rows["da3-small"] and "download" not in rows["da3-small"]
+    assert "to download" in rows["da3-base"] and "ready" not in rows["da3-base"]
+    assert "hf auth login" in out and "gated: facebook/sam3" in rows["sam3"]
+    assert "…" not in out
+    from perception_fm.plugin_manager import default_manager
+
+    for entry in default_manager().models():  # every licence, whole, across its wrapped lines
+        for word in entry.spec.license.split():
+            assert word in out, (entry.spec.name, word)

@@ -129,6 +129,8 @@ def register_models() -> list[ModelSpec]:
             license=LICENSE,
             default_weights=HUB_ID,
             requires=REQUIRES,
+            gated=True,
+            needs_cuda=True,
             create=lambda options: Sam3dBodyModel.from_options(options),
         )
     ]

@@ -34,6 +34,7 @@ def register_models():
             license=LICENSE,
             default_weights=HUB_ID,
             requires=REQUIRES,
+            gated=True,
             create=_create,
         )
     ]
