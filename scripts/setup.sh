@@ -41,13 +41,17 @@ step "installing torch ($torch_spec)"
 # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options
 pip install -q $torch_spec
 
-step "installing Depth Anything 3 (network only: its declared requirements pull a GUI stack)"
-pip install -q --no-deps "depth-anything-3==0.1.1"
-
 step "installing perception_fm with the ROS 2 Kilted wheels"
 pip install -q -e "$root[da3,sam3,eval,speech,mesh,ros-wheels,dev]"
 pip install -q --no-deps "trackeval==1.3.0"  # HOTA reference for the tests; its requirements replace opencv
 pip install -q --no-deps "open-clip-torch==3.3.0"  # only its CLIP BPE vocabulary (offline SAM 3 tokenizer in tests)
+
+# Last, and without its declared requirements (a GUI/app stack, numpy<2): the network needs only what the da3
+# extra above installed. pip checks an installed package's requirements whenever a later install touches one of
+# them and then prints its "dependency resolver" ERROR block; installed last with --no-deps, nothing does.
+step "installing Depth Anything 3 (network code only)"
+pip install -q --no-deps "depth-anything-3==0.1.1"
+echo "note: depth-anything-3 is installed without its declared app requirements on purpose; \`pip check\` lists them"
 
 step "building ROS interfaces"
 bash "$root/scripts/build_interfaces.sh" "$venv"

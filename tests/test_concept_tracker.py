@@ -137,7 +137,7 @@ def test_click_or_box_prompt_starts_a_confirmed_track():
     outputs = run(tracker, ConceptSet(encode=str), range(1, 4))
     assert [(i.id, i.concept, i.state) for i in outputs[0].instances] == [(obj_id, "that can", STATE_NEW)]
     assert outputs[2].instances[0].state == STATE_TRACKED
-    with pytest.raises(KeyError):
+    with pytest.raises(ValueError, match="no tracked object 99"):
         tracker.prompt(box=(0, 0, 1, 1), obj_id=99)
 
 
@@ -175,3 +175,54 @@ def test_concept_set_validation_and_grammar():
                     ConceptCommand(ADD, ("red cup", "chair"))):
         commands = parse_concepts_message(format_concepts_message(command))
         assert [p for c in commands for p in c.phrases] == list(command.phrases)
+
+
+def test_a_refused_prompt_takes_no_track_id_and_leaves_no_track():
+    class FailingSession(ScriptedSession):
+        def prompt_object(self, frame, obj_id, points, labels, box):
+            if box is not None and box[0] == 1:
+                raise BadInputError("prompt", "the model refused this prompt")
+            if box is None:  # clicks: the scripted session segments boxes; take the clicks' bounding box
+                box = (*np.floor(points.min(0)).astype(int), *np.floor(points.max(0)).astype(int) + 1)
+            return super().prompt_object(frame, obj_id, points, labels, box)
+
+    tracker = ConceptTracker(FailingSession(), TrackerConfig(confirmation_frames=0))
+    run(tracker, ConceptSet(encode=str), range(1))  # 128 x 96 frames
+    refused = [
+        ("outside", dict(points=np.array([[-3.0, 10.0]]))), ("outside", dict(points=np.array([[10.0, 96.0]]))),
+        ("outside", dict(box=(100, 50, 140, 60))), ("outside", dict(box=(-1, 0, 5, 5))),
+        ("finite", dict(points=np.array([[np.nan, 1.0]]))), ("model refused", dict(box=(1, 1, 5, 5))),
+        ("no tracked object 99", dict(box=(2, 2, 5, 5), obj_id=99)),
+    ]
+    for what, prompt in refused:
+        with pytest.raises(BadInputError, match=what):
+            tracker.prompt(**prompt)
+    assert tracker.tracks == {}
+    ys, xs = np.nonzero(FRAMES[0].instances == 4)
+    assert tracker.prompt(box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)) == 1  # the first id, untaken
+    assert tracker.prompt(points=np.array([[0.0, 0.0], [127.9, 95.9]])) == 2  # the image's extreme pixels
+    outputs = run(tracker, ConceptSet(encode=str), range(1, 3))
+    assert [i.id for i in outputs[-1].instances] == [1, 2]
+
+
+def test_concept_messages_apply_in_order_and_summarise_in_one_line():
+    def encode(text):
+        if len(text) > 40:
+            raise BadInputError("concept", f"concept {text[:20]!r}... is {len(text)} characters long; at most 40")
+        return text
+
+    concept_set = ConceptSet(encode, max_concepts=32)
+    outcome = concept_set.apply_message("lamp, -chair, , Lamp")
+    assert outcome.added == ["lamp"] and outcome.removed == [] and outcome.refused == []
+    assert outcome.not_active == ["chair"]
+    for text in ("", "  ", ",,,", "-", " - , ,"):
+        assert concept_set.apply_message(text).empty
+    assert sorted(c.text for c in concept_set.snapshot().values()) == ["lamp"]
+    many = concept_set.apply_message("x" * 3333 + ", " + ", ".join(f"object {n}" for n in range(300)))
+    assert len(many.added) == 31 and len(many.refused) == 270
+    summary = many.summary()
+    assert "\n" not in summary and len(summary) < 600
+    assert "added 31" in summary and "refused 270" in summary and "at most 32" in summary and "3333" in summary
+    assert len(concept_set) == 32
+    cleared = concept_set.apply_message("=")
+    assert len(concept_set) == 0 and len(cleared.removed) == 32 and not cleared.empty

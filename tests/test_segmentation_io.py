@@ -97,3 +97,29 @@ def test_label_encoding_32sc1():
     for index in range(3):
         _, messages = handler.handle(image_message(index))
     assert messages.labels.encoding == "32SC1" and image_to_numpy(messages.labels).dtype == np.int32
+
+
+def test_an_instance_with_an_empty_or_hidden_mask_still_gets_an_overlay():
+    # the newest track (the highest id) is lost by the tracker (an empty mask), and the red ball's track lies
+    # wholly under another one's mask: neither is in the label image, both are in the instances
+    model = ScriptedSegmentationModel(hidden={f: {4} for f in range(2, 60)})
+    handler = io.SegmentationFrameHandler(model, values(concepts="red ball"))
+    for index in range(2):
+        handler.handle(image_message(index))
+    ys, xs = np.nonzero(FRAMES[1].instances == 1)
+    under = handler.tracker.prompt(box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), concept="ball again")
+    ys, xs = np.nonzero(FRAMES[1].instances == 4)
+    lost = handler.tracker.prompt(box=(xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), concept="can")
+    frame, messages = handler.handle(image_message(2))
+    by_id = {i.id: i for i in messages.instances.instances}
+    assert set(by_id) >= {lost, under} and by_id[lost].mask_area == 0
+    labels = image_to_numpy(messages.labels)
+    overlay = image_to_numpy(messages.overlay)
+    assert overlay.shape == (96, 128, 3) and lost not in labels and 1 not in labels and under in labels
+    # each visible id is drawn in its own colour
+    for instance_id in np.unique(labels[labels > 0]):
+        inside = labels == instance_id
+        tint = io.color_of(int(instance_id))
+        expected = (0.5 * FRAMES[2].rgb[inside].astype(float) + 0.5 * np.array(tint)).astype(np.uint8)
+        assert np.mean(np.abs(overlay[inside].astype(int) - expected.astype(int)) <= 1) > 0.8
+

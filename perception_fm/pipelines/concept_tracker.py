@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from perception_fm.errors import BadInputError
 from perception_fm.pipelines.concepts import Concept
 from perception_fm.tasks.segmentation import TrackingSession
 
@@ -111,6 +112,7 @@ class ConceptTracker:
         self._next_id = 1
         self._frames = 0  # frames stepped (detection cadence, re-anchoring)
         self.last_frame: int | None = None
+        self.last_size: tuple[int, int] | None = None  # (height, width) of the last frame: prompts must lie inside
 
     # -- concepts and manual prompts ----------------------------------------------------------------------
 
@@ -122,24 +124,54 @@ class ConceptTracker:
 
     def prompt(self, points=None, labels=None, box=None, concept: str = "object", obj_id: int | None = None) -> int:
         """Start (obj_id None) or correct a track from clicks/box on the last frame. User-given objects are
-        confirmed at once (no hot-start)."""
+        confirmed at once (no hot-start). A refused prompt raises BadInputError and changes nothing: no track is
+        added and no id is taken (an id is only used once the model has accepted the prompt)."""
         if self.last_frame is None:
-            raise ValueError("no frame yet to prompt on")
+            raise BadInputError("prompt", "no frame yet to prompt on")
         if obj_id is not None and obj_id not in self.tracks:
-            raise KeyError(f"no track {obj_id}")
-        if obj_id is None:
-            obj_id = self._new_id()
+            known = ", ".join(str(i) for i in sorted(self.tracks)[:20]) or "none"
+            raise BadInputError("prompt", f"no tracked object {obj_id} to correct (tracked now: {known}); "
+                                          "use object id 0 to start a new object")
+        self._check_in_image(points, box)
+        if obj_id is None and len(self.tracks) >= self.config.max_objects:
+            raise BadInputError("prompt", f"already tracking max_objects={self.config.max_objects} objects")
+        new = obj_id is None
+        if new:
+            obj_id = self._next_id  # taken below, once the session has accepted the prompt
+        self.session.prompt_object(self.last_frame, obj_id, points, labels, box)
+        if new:
+            self._next_id += 1
             self.tracks[obj_id] = Track(obj_id, MANUAL_PROMPT_ID, concept, self.last_frame, state=CONFIRMED,
                                         keep_alive=self.config.keep_alive, score=1.0)
-        self.session.prompt_object(self.last_frame, obj_id, points, labels, box)
         return obj_id
+
+    def _check_in_image(self, points, box) -> None:
+        """Clicks and boxes must be finite and inside the last frame. A click outside the image is not clamped:
+        it is almost always a bug upstream (a scaled or cropped view's coordinates), and clamping it would
+        start a track on whatever lies at the border."""
+        height, width = self.last_size
+        if points is not None and np.size(points):
+            points = np.asarray(points, np.float64).reshape(-1, 2)
+            if not np.isfinite(points).all():
+                raise BadInputError("prompt", "click coordinates must be finite")
+            outside = (points[:, 0] < 0) | (points[:, 0] >= width) | (points[:, 1] < 0) | (points[:, 1] >= height)
+            if outside.any():
+                x, y = points[np.argmax(outside)]
+                raise BadInputError("prompt", f"click ({x:g}, {y:g}) is outside the {width}x{height} image (pixels: "
+                                              f"0 <= x < {width}, 0 <= y < {height})")
+        if box is not None:
+            box = np.asarray(box, np.float64).reshape(-1)
+            if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
+                raise BadInputError("prompt", f"a box must be finite xyxy pixels with x0 < x1 and y0 < y1, got {box}")
+            if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
+                raise BadInputError("prompt", f"box {box.tolist()} (xyxy) is outside the {width}x{height} image")
 
     # -- the frame ----------------------------------------------------------------------------------------
 
     def step(self, image: np.ndarray, concepts: dict[int, Concept]) -> TrackerFrame:
         config = self.config
         frame = self.session.add_frame(image)
-        self.last_frame = frame
+        self.last_frame, self.last_size = frame, image.shape[:2]
         detect = bool(concepts) and self._frames % config.detect_every == 0
         recondition_due = config.recondition_every > 0 and self._frames % config.recondition_every == 0
         self._frames += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 ADD, REMOVE, SET = "add", "remove", "set"
@@ -113,6 +113,33 @@ class ConceptSet:
     def apply(self, command: ConceptCommand) -> None:
         {ADD: self.add, REMOVE: self.remove, SET: self.set}[command.operation](command.phrases)
 
+    def apply_message(self, text: str) -> "MessageOutcome":
+        """Apply every command of one `concepts` message in order; a refused phrase (too long, over
+        max_concepts) is reported in the outcome and the rest still apply. Never raises for bad input."""
+        outcome = MessageOutcome(text)
+        commands = parse_concepts_message(text)
+        outcome.empty = not commands
+        for command in commands:
+            before = self._texts()
+            try:
+                self.apply(command)
+            except ValueError as error:  # BadInputError included: nothing of this command changed
+                reason = str(error)
+                for phrase in command.phrases or ("",):
+                    outcome.refused.append((phrase, reason.replace(phrase, _short(phrase)) if phrase else reason))
+                continue
+            after = self._texts()
+            outcome.added += [p for p in after if p not in before]
+            outcome.removed += [p for p in before if p not in after]
+            if command.operation == REMOVE:
+                outcome.not_active += [p for p in command.phrases if p not in before]
+        outcome.active = len(self)
+        return outcome
+
+    def _texts(self) -> list[str]:
+        with self._lock:
+            return list(self._concepts)
+
     def snapshot(self) -> dict[int, Concept]:
         with self._lock:
             return {concept.prompt_id: concept for concept in self._concepts.values()}
@@ -120,3 +147,52 @@ class ConceptSet:
     def __len__(self) -> int:
         with self._lock:
             return len(self._concepts)
+
+
+GRAMMAR = "'a, b' adds, '-a' removes, '=a, b' replaces everything, '=' clears"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _listed(items: list[str], shown: int = 3) -> str:
+    more = f", … {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(_short(item) for item in items[:shown]) + more
+
+
+@dataclass
+class MessageOutcome:
+    """What one `concepts` message did, for its one log line and the node's counters."""
+
+    text: str
+    empty: bool = False  # the message held no command (blank, only commas, a lone "-")
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    not_active: list[str] = field(default_factory=list)  # asked to be removed, but were not active
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (phrase, why)
+    active: int = 0  # concepts active afterwards
+
+    def summary(self) -> str:
+        """One line, bounded in length whatever the message (a few phrases and reasons shown, then counts)."""
+        head = f"concepts message {_short(self.text, 60)!r}"
+        if self.empty:
+            return f"{head} holds no command; ignored (grammar: {GRAMMAR})"
+        parts = []
+        if self.added:
+            parts.append(f"added {len(self.added)} ({_listed(self.added)})")
+        if self.removed:
+            parts.append(f"removed {len(self.removed)} ({_listed(self.removed)})")
+        if self.not_active:
+            parts.append(f"not active, nothing to remove: {_listed(self.not_active)}")
+        if self.refused:
+            reasons: dict[str, list[str]] = {}
+            for phrase, reason in self.refused:
+                reasons.setdefault(_short(reason, 160), []).append(phrase)
+            shown = [f"{len(phrases)}× {reason}" for reason, phrases in list(reasons.items())[:2]]
+            if len(reasons) > 2:
+                shown.append(f"{len(reasons) - 2} other reasons")
+            parts.append(f"refused {len(self.refused)} ({'; '.join(shown)})")
+        if not parts:
+            parts.append("no change")
+        return f"{head}: {'; '.join(parts)}; {self.active} active"

@@ -186,29 +186,29 @@ class SegmentationFrameHandler:
                 message.position = Point(x=float(centre[0]), y=float(centre[1]), z=float(centre[2]))
                 message.extent = Vector3(x=float(extent[0]), y=float(extent[1]), z=float(extent[2]))
             array.instances.append(message)
-        ids = np.array([i.id for i in frame.instances], np.int64)
-        scores = np.array([i.tracker_score for i in frame.instances], np.float32)
         labels = overlay = markers = None
         if values["publish_labels"] or values["publish_overlay"]:
-            dtype = np.uint16 if values["label_encoding"] == "mono16" else np.int32
-            label_values = label_image(masks, ids.astype(dtype), scores, dtype=dtype) if len(ids) else \
-                np.zeros((height, width), dtype)
+            # which instance is on top at each pixel, as its position in frame.instances + 1 (0 = none); ids and
+            # colours are looked up from it, so every table is as long as the instance list, whatever ids are
+            # hidden (an empty mask, one wholly under another) and however large ids grow
+            scores = np.array([i.tracker_score for i in frame.instances], np.float32)
+            slots = label_image(masks, np.arange(1, len(masks) + 1), scores, dtype=np.int32)
             if values["publish_labels"]:
-                labels = numpy_to_image(label_values, values["label_encoding"], header)
+                dtype = np.uint16 if values["label_encoding"] == "mono16" else np.int32
+                ids = np.array([0] + [i.id for i in frame.instances], np.int64).astype(dtype)
+                labels = numpy_to_image(ids[slots], values["label_encoding"], header)
             if values["publish_overlay"]:
-                overlay = numpy_to_image(self._overlay(rgb, label_values, frame, boxes), "rgb8", header)
+                overlay = numpy_to_image(self._overlay(rgb, slots, frame, boxes), "rgb8", header)
         if values["publish_markers"] and depth is not None:
             markers = self._markers(header, depth.frame_id, frame, positions)
         return SegmentationMessages(array, labels, overlay, markers)
 
-    def _overlay(self, rgb, labels, frame: TrackerFrame, boxes) -> np.ndarray:
+    def _overlay(self, rgb, slots, frame: TrackerFrame, boxes) -> np.ndarray:
+        """`slots`: (H, W) position + 1 in frame.instances of the instance on top (0 = none)."""
         alpha = self.values["overlay_alpha"]
-        ids = [instance.id for instance in frame.instances]
-        palette = np.zeros((int(labels.max()) + 1 if labels.size else 1, 3), np.float32)
-        for instance_id in ids:
-            palette[instance_id] = color_of(instance_id)
-        colours = palette[labels]  # (H, W, 3) lookup, 0 = none
-        covered = (labels > 0)[..., None]
+        palette = np.array([(0, 0, 0)] + [color_of(instance.id) for instance in frame.instances], np.float32)
+        colours = palette[slots]  # (H, W, 3) lookup
+        covered = (slots > 0)[..., None]
         out = np.where(covered, (1 - alpha) * rgb + alpha * colours, rgb).astype(np.uint8)
         for instance, box in zip(frame.instances, boxes):
             if box[2] <= box[0]:
