@@ -498,3 +498,21 @@ def test_other_stderr_output_during_a_decode_is_kept(monkeypatch, capfd):
         compressed_to_rgb8(rgb8_to_compressed(random_pixels("rgb8", 8, 8), "png"))
     assert "iCCP" in str(excinfo.value)
     assert capfd.readouterr().err == "[INFO] [1.0] [other_node]: hello\n"
+
+
+def test_process_wide_pixel_limit_comes_from_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = ("from perception_fm.ros.image_codec import MAX_IMAGE_PIXELS, image_to_rgb8; print(MAX_IMAGE_PIXELS);"
+            "from sensor_msgs.msg import Image;"
+            "from perception_fm.errors import BadInputError\n"
+            "try: image_to_rgb8(Image(height=10, width=10, encoding='rgb8', step=30, data=bytes(300)))\n"
+            "except BadInputError as error: print(error.reason)")
+    env = {**os.environ, "PERCEPTION_FM_MAX_IMAGE_PIXELS": "99"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.stdout.split() == ["99", "too_large"], result.stderr
+    env.pop("PERCEPTION_FM_MAX_IMAGE_PIXELS")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.stdout.split() == [str(7680 * 4320)], result.stderr

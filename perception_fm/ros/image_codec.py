@@ -119,12 +119,23 @@ def _lookup(encoding: str) -> Encoding:
 
 # -- decoding -------------------------------------------------------------------------------------------------
 
-# Default pixel limit of decoded images: 8K UHD (7680x4320, 33.2 Mpx). A node's `max_image_pixels` parameter
-# changes it; 0 = no limit.
-MAX_IMAGE_PIXELS = 7680 * 4320
+def _default_max_pixels() -> int:
+    """8K UHD (7680x4320, 33.2 Mpx) unless PERCEPTION_FM_MAX_IMAGE_PIXELS says otherwise (0 = no limit)."""
+    text = os.environ.get("PERCEPTION_FM_MAX_IMAGE_PIXELS", "").strip()
+    try:
+        return max(int(text), 0) if text else 7680 * 4320
+    except ValueError:  # said once, at import; the safe default applies
+        print(f"perception_fm: PERCEPTION_FM_MAX_IMAGE_PIXELS={text!r} is not a whole number of pixels; using "
+              f"{7680 * 4320} (8K)", file=sys.stderr)
+        return 7680 * 4320
 
 
-def _check_pixels(what: str, width: int, height: int, max_pixels: int, before: str = "") -> None:
+# Pixel limit of decoded images in this process (callers may pass their own max_pixels); 0 = no limit.
+MAX_IMAGE_PIXELS = _default_max_pixels()
+
+
+def _check_pixels(what: str, width: int, height: int, max_pixels: int | None, before: str = "") -> None:
+    max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if max_pixels > 0 and width * height > max_pixels:
         raise BadInputError(
             "too_large", f"{what} of {width}x{height} = {width * height / 1e6:.1f} Mpx is larger than "
@@ -172,13 +183,13 @@ def _to_8bit(image: np.ndarray) -> np.ndarray:
     return (image >> 8).astype(np.uint8)
 
 
-def image_to_rgb8(msg: Image, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def image_to_rgb8(msg: Image, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB, what the models take.
 
     rgb8 comes back as ``image_to_numpy`` gives it (no copy). bgr/rgba/bgra (8 or 16 bit), mono8/mono16/8UC1/
     16UC1, yuv422 (UYVY), yuv422_yuy2 (YUYV) and Bayer (demosaiced) are converted; 16-bit values are scaled to
     8 bits (value / 256). Encodings without a colour meaning (8UC3, 32FC1, ...) raise BadInputError('encoding');
-    more than `max_pixels` pixels (0 = no limit) BadInputError('too_large').
+    more than `max_pixels` pixels (None: MAX_IMAGE_PIXELS; 0 = no limit) BadInputError('too_large').
     """
     name = msg.encoding
     _check_pixels(f"{name} image", int(msg.width), int(msg.height), max_pixels)
@@ -317,10 +328,10 @@ _CODEC_MESSAGES = _CodecMessages()
 _IMREAD_RGB = cv2.IMREAD_COLOR_RGB if hasattr(cv2, "IMREAD_COLOR_RGB") else cv2.IMREAD_COLOR
 
 
-def compressed_to_rgb8(msg: CompressedImage, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+def compressed_to_rgb8(msg: CompressedImage, max_pixels: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB from a jpeg or png CompressedImage (grey and 16-bit sources are brought to 8-bit
     RGB). Undecodable data raises BadInputError('decode'), with what the decoder said; more than `max_pixels`
-    pixels declared in the header (0 = no limit) BadInputError('too_large'), before any decoding. Warnings about
+    pixels declared in the header (None: MAX_IMAGE_PIXELS; 0 = no limit) BadInputError('too_large'), before any decoding. Warnings about
     data the decoder could still decode (e.g. extraneous bytes, common from USB cameras) are not printed."""
     # format: 'jpeg', 'png', 'rgb8; jpeg compressed bgr8', ...; the decoder recognises jpeg/png by their bytes.
     if "compresseddepth" in msg.format.lower():
