@@ -1,9 +1,8 @@
-"""Latest-frame slot, stamp cache and counters: the bounded-memory building blocks of every node."""
+"""Latest-frame slot and counters: the bounded-memory building blocks of every node."""
 import threading
 import time
 
 from perception_fm.core.latest import LatestSlot
-from perception_fm.core.stamped_cache import StampedCache
 from perception_fm.core.stats import NodeStats
 
 
@@ -36,18 +35,6 @@ def test_latest_slot_wakes_a_waiting_worker_and_never_grows():
     thread.join(timeout=5)
     assert taken[-1] == 500 and taken == sorted(taken)
     assert len(taken) + slot.replaced == 500 and slot.replaced > 400
-
-
-def test_stamped_cache_pairs_by_stamp_waits_briefly_and_is_bounded():
-    cache = StampedCache(capacity=4)
-    assert cache.get(10) is None
-    for stamp in range(10, 20):
-        cache.put(stamp, f"info{stamp}")
-    assert cache.get(17) == "info17"
-    assert cache.get(11) == "info19"  # evicted: the latest stands in
-    assert len(cache._items) == 4
-    threading.Timer(0.05, cache.put, args=(30, "late")).start()
-    assert cache.get(30, timeout=2.0) == "late"  # arrives after the image: waited for
 
 
 def test_stats_snapshot_counts_and_bounds_latency_history():
@@ -84,10 +71,3 @@ def test_keyed_queue_keeps_one_job_per_key_in_place():
     queue.put(Job(3, "d"))
     queue.put(Job(4, "e"))  # full: the oldest goes
     assert [queue.take(timeout=0).value for _ in range(3)] == ["b", "d", "e"] and queue.replaced == 2
-
-
-def test_stamped_cache_does_not_wait_for_a_topic_that_never_arrived():
-    cache = StampedCache()
-    started = time.perf_counter()
-    assert cache.get(5, timeout=1.0) is None
-    assert time.perf_counter() - started < 0.5

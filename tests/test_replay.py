@@ -60,6 +60,18 @@ def test_replay_writes_every_output_stamped_like_its_input(tmp_path, sample_bag,
         assert np.all(image_to_numpy(depth) > 0)
     infos = [m for topic, _, m in messages if topic == "/depth/info"]
     assert [i.window_size for i in infos] == [1, 2, 3, 3, 3, 3] and all(i.weights for i in infos)
+    # the sample bag logs each image just before its camera_info (same instant): frame 0 too waits for and
+    # uses the bag's intrinsics, not the model's own (a flat cloud); every frame paired by stamp, no fallback
+    bag_k = {stamp_to_ns(m.header.stamp): np.reshape(m.k, (3, 3)) for topic, _, m in read_all(sample_bag)
+             if topic == "/camera/color/camera_info"}
+    depth_infos = sorted((stamp_to_ns(m.header.stamp), np.reshape(m.k, (3, 3))) for topic, _, m in messages
+                         if topic == "/depth/camera_info")
+    assert len(depth_infos) == 6
+    for stamp, k in depth_infos:
+        np.testing.assert_allclose(k[0, 0], bag_k[stamp][0, 0] * 56 / 64, rtol=1e-6)
+    assert node["events"] == {}  # no camera_info_latest_used, no no_camera_info
+    # the configured parameters, not one frame's values (frame 0's DepthInfo says window_size 1)
+    assert node["parameters"]["window_size"] == 3 and node["parameters"]["process_res"] == 56
 
     estimates = [t for topic, _, m in messages if topic == "/tf" for t in m.transforms
                  if t.child_frame_id == "da3_camera"]

@@ -10,22 +10,19 @@ Latest-frame policy: a frame arriving while the model runs replaces the waiting 
 """
 from __future__ import annotations
 
-import time
-
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
-from perception_fm.core.stamped_cache import StampedCache
 from perception_fm.graph import NODE_TYPES
 from perception_fm.hookspecs import Task
 from perception_fm.msg import HumanMesh, InstanceArray
 from perception_fm.nodes.node_base import ModelNode, run_node
 from perception_fm.ros import body_io as io
-from perception_fm.ros.camera_info import camera_info_to_intrinsics
-from perception_fm.ros.image_codec import compressed_to_rgb8, image_to_rgb8
+from perception_fm.ros import pairing
+from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.ros.qos import qos_profile
-from perception_fm.ros.tf import TfPublisher, stamp_to_ns
+from perception_fm.ros.tf import TfPublisher
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -39,18 +36,17 @@ class BodyNode(ModelNode):
     def __init__(self, **kwargs):
         super().__init__("body_node", **kwargs)
         input_qos = qos_profile(self.values["input_qos"])
-        self._images: StampedCache = StampedCache(16)
-        self._camera_info: CameraInfo | None = None
-
-        def store(message):
-            self._images.put(stamp_to_ns(message.header.stamp), message)
-
+        # instances wait for the image and camera_info of their stamp in the shared pairer (as in the replay);
+        # callbacks only store, the pairing timer releases arrays whose wait is over
+        self._pairing = LivePairing(self, pairing.instances_pairer(
+            self.values, live_clock, use_depth=False, on_event=self.stats.event, on_drop=self._pairing_drop),
+            self.submit)
         if self.values["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", store, input_qos)
+            self._pairing.subscribe(pairing.IMAGE, CompressedImage, "image/compressed", input_qos)
         else:
-            self.create_subscription(Image, "image", store, input_qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
-        self.create_subscription(InstanceArray, io.TOPIC_INSTANCES, self._on_instances, RELIABLE)
+            self._pairing.subscribe(pairing.IMAGE, Image, "image", input_qos)
+        self._pairing.subscribe(pairing.CAMERA_INFO, CameraInfo, "camera_info", input_qos)
+        self.create_subscription(InstanceArray, io.TOPIC_INSTANCES, self._pairing.frame, RELIABLE)
         self._bodies = self.create_publisher(HumanMesh, io.TOPIC_BODIES, RELIABLE)
         self._markers = self.create_publisher(MarkerArray, io.TOPIC_MARKERS, RELIABLE)
         self._tf_publisher = TfPublisher(self)
@@ -59,28 +55,17 @@ class BodyNode(ModelNode):
 
     def reconfigure_with(self, model) -> None:
         self.handler = io.BodyFrameHandler(model, self.values)
+        pairing.update_instance_waits(self._pairing.pairer, self.values)
 
-    def _on_camera_info(self, message: CameraInfo) -> None:
-        self._camera_info = message
+    def _pairing_drop(self, reason: str) -> None:
+        """A frame the pairer had to drop (too many waiting) was received, and is lost as stale."""
+        self.stats.receive()
+        self.stats.drop(reason)
 
-    def _on_instances(self, array: InstanceArray) -> None:
-        stamp = stamp_to_ns(array.header.stamp)
-        image = self._images.get(stamp, timeout=0.2)
-        if image is None or stamp_to_ns(image.header.stamp) != stamp:
-            self.stats.event("no_image_for_instances")
-            return
-        self.submit((array, image))
-
-    def process(self, item) -> float | None:
-        array, image_message = item
-        if not self.handler.tracker.people(array.instances):
-            return None  # nobody to estimate: the model does not run
-        image = compressed_to_rgb8(image_message) if isinstance(image_message, CompressedImage) \
-            else image_to_rgb8(image_message)
-        K = camera_info_to_intrinsics(self._camera_info).K if self._camera_info is not None else None
-        started = time.perf_counter()
-        persons, messages = self.handler.handle(array, image, K)
-        inference_ms = (time.perf_counter() - started) * 1e3
+    def process(self, paired) -> float | None:
+        inference_ms, messages = self.handler.handle_paired(paired)
+        if messages is None:
+            return None  # nobody to estimate, or no image: the model does not run
         for body in messages.bodies:
             self._bodies.publish(body)
         if messages.markers is not None:

@@ -14,26 +14,69 @@ No concept and no track: the model does not run (frames counted as skipped).
 """
 from __future__ import annotations
 
+import threading
+import traceback
+from collections import deque
+
 import numpy as np
 from geometry_msgs.msg import PointStamped
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
-from perception_fm.core.stamped_cache import StampedCache
 from perception_fm.errors import BadInputError
 from perception_fm.graph import NODE_TYPES
 from perception_fm.hookspecs import Task
 from perception_fm.msg import DepthInfo, InstanceArray
 from perception_fm.nodes.node_base import ModelNode, run_node
-from perception_fm.pipelines.concepts import parse_concepts_message
 from perception_fm.ros import segmentation_io as io
 from perception_fm.ros.qos import qos_profile
-from perception_fm.ros.tf import stamp_to_ns
+from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.srv import PromptObject, SetConcepts
 
-COMMANDS_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)  # never lose a command
+# Commands are user intent: the subscription keeps every one until the executor has taken it (a reliable writer
+# is held back rather than a command overwritten); the callback only queues it, so the executor keeps up.
+COMMANDS_QOS = QoSProfile(history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE)
+# `concepts` messages waiting to be applied, at most (a hard cap against a runaway publisher while the model
+# loads; beyond it a message is dropped, counted as concept_messages_dropped and logged)
+MAX_PENDING_CONCEPT_MESSAGES = 10_000
+LOG_THROTTLE_S = 5.0  # warnings about a flood of bad prompts or empty commands: one line per period, counts exact
+
+
+class _PromptCall:
+    """A prompt handed to the worker that its caller can withdraw until the worker has started it, so that a
+    prompt answered "busy" never applies later (and takes no track id)."""
+
+    def __init__(self, function):
+        self.function = function
+        self.lock = threading.Lock()
+        self.started = self.withdrawn = False
+        self.done = threading.Event()
+        self.result = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:  # in the worker
+        with self.lock:
+            if self.withdrawn:
+                return
+            self.started = True
+        try:
+            self.result = self.function()
+        except Exception as error:  # handed back to the caller
+            self.error = error
+        finally:
+            self.done.set()
+
+    def withdraw(self) -> bool:
+        """True if withdrawn in time (it will never run); False if the worker has already started it."""
+        with self.lock:
+            self.withdrawn = not self.started
+            return self.withdrawn
+
+
+class _NoModel(RuntimeError):
+    """A prompt came while the node has no model (loading, or it failed to load)."""
 
 
 class ConceptNode(ModelNode):
@@ -41,25 +84,30 @@ class ConceptNode(ModelNode):
     default_model = NODE_TYPES["concept_node"].default_model
     params = io.CONCEPT_PARAMS
     model_extra_params = io.MODEL_EXTRA_PARAMS
+    prompt_timeout_s = 5.0  # a prompt the worker has not started by then is withdrawn and answered "busy"
 
     def __init__(self, **kwargs):
         super().__init__("concept_node", **kwargs)
+        self._concept_messages: deque[str] = deque()  # `concepts` messages not applied yet, in arrival order
+        self._concept_messages_lock = threading.Lock()
+        self._concept_drain_scheduled = False
+        self._concepts_apply_lock = threading.RLock()  # one concept change at a time: topic, service, reload
         input_qos = qos_profile(self.values["input_qos"])
         output_qos = qos_profile(self.values["output_qos"])
+        # with use_depth, images wait for the depth of their stamp in the shared pairer (as in the replay);
+        # without, they leave it at once
+        self._pairing = LivePairing(self, io.depth_pairer(self.values, live_clock, on_event=self.stats.event,
+                                                          on_drop=self._pairing_drop), self.submit)
         if self.values["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self.submit, input_qos)
+            self.create_subscription(CompressedImage, "image/compressed", self._pairing.frame, input_qos)
         else:
-            self.create_subscription(Image, "image", self.submit, input_qos)
+            self.create_subscription(Image, "image", self._pairing.frame, input_qos)
         self.create_subscription(String, io.TOPIC_CONCEPTS, self._on_concepts, COMMANDS_QOS)
         self.create_subscription(PointStamped, "prompt_point", self._on_prompt_point, COMMANDS_QOS)
-        self._depths: StampedCache[Image] = StampedCache()
-        self._depth_infos: StampedCache[CameraInfo] = StampedCache()
         self._depth_metric = False
         if self.values["use_depth"]:
-            self.create_subscription(Image, io.TOPIC_DEPTH, lambda m: self._depths.put(stamp_to_ns(m.header.stamp), m),
-                                     output_qos)
-            self.create_subscription(CameraInfo, io.TOPIC_DEPTH_CAMERA_INFO,
-                                     lambda m: self._depth_infos.put(stamp_to_ns(m.header.stamp), m), output_qos)
+            self._pairing.subscribe(io.DEPTH, Image, io.TOPIC_DEPTH, output_qos)
+            self._pairing.subscribe(io.DEPTH_CAMERA_INFO, CameraInfo, io.TOPIC_DEPTH_CAMERA_INFO, output_qos)
             self.create_subscription(DepthInfo, "depth/info", self._on_depth_info, output_qos)
         self._outputs = {
             "instances": self.create_publisher(InstanceArray, io.TOPIC_INSTANCES, output_qos),
@@ -75,24 +123,56 @@ class ConceptNode(ModelNode):
     # -- model and concepts -------------------------------------------------------------------------------
 
     def reconfigure_with(self, model) -> None:
-        previous = [c.text for c in self.handler.concepts.snapshot().values()] if self.handler else []
-        self.handler = io.SegmentationFrameHandler(model, self.values)
-        if previous:  # concepts given at runtime survive a model reload or parameter change
-            self.handler.concepts.add(previous)
+        with self._concepts_apply_lock:  # no concept change may land on the old handler while it is replaced
+            previous = [c.text for c in self.handler.concepts.snapshot().values()] if self.handler else []
+            handler = io.SegmentationFrameHandler(model, self.values)
+            if previous:  # concepts given at runtime survive a model reload or parameter change
+                handler.concepts.add(previous)
+            self.handler = handler
+        io.update_depth_waits(self._pairing.pairer, self.values)
+        self._apply_concept_messages()  # those that came while there was no model
 
     def _on_concepts(self, message: String) -> None:
-        if self.handler is None:
-            self.get_logger().error("concepts received before the model is ready; ignored")
-            self.stats.event("concepts_ignored")
-            return
-        for command in parse_concepts_message(message.data):
-            try:
-                self.handler.concepts.apply(command)
-            except (BadInputError, ValueError) as error:
-                self.stats.event("bad_concept")
-                self.get_logger().error(f"concept command {command.operation} {list(command.phrases)} refused: {error}")
-            else:
-                self.get_logger().info(f"concepts: {command.operation} {list(command.phrases)}")
+        """Queue the message (cheap: the executor must keep up with bursts); the worker applies it in order."""
+        with self._concept_messages_lock:
+            full = len(self._concept_messages) >= MAX_PENDING_CONCEPT_MESSAGES
+            if not full:
+                self._concept_messages.append(message.data)
+                schedule, self._concept_drain_scheduled = not self._concept_drain_scheduled, True
+        if full:
+            self.stats.event("concept_messages_dropped")
+            self.get_logger().error(
+                f"concepts message {message.data[:60]!r} dropped: {MAX_PENDING_CONCEPT_MESSAGES} messages already "
+                "wait to be applied (no model yet, or a runaway publisher)", throttle_duration_sec=LOG_THROTTLE_S)
+        elif schedule:
+            self.run_in_worker(self._apply_concept_messages, wait=False)
+
+    def _apply_concept_messages(self) -> None:
+        """Apply every queued `concepts` message, in arrival order, one log line each. Runs in the worker (and
+        in the service before its own change, so that topic and service changes apply in arrival order)."""
+        with self._concepts_apply_lock:
+            with self._concept_messages_lock:
+                self._concept_drain_scheduled = False
+            handler = self.handler
+            if handler is None:  # kept until the model is ready (reconfigure_with applies them)
+                return
+            while True:
+                with self._concept_messages_lock:
+                    if not self._concept_messages:
+                        return
+                    text = self._concept_messages.popleft()
+                outcome = handler.concepts.apply_message(text)
+                if outcome.empty:  # as the service answers an empty phrase: refused, said and counted
+                    self.stats.event("concept_messages_empty")
+                    self.get_logger().warning(outcome.summary(), throttle_duration_sec=LOG_THROTTLE_S)
+                    continue
+                self.stats.event("concept_messages_applied")
+                for _ in outcome.refused:
+                    self.stats.event("bad_concept")
+                if outcome.refused:
+                    self.get_logger().warning(outcome.summary())
+                else:
+                    self.get_logger().info(outcome.summary())
 
     def _set_concepts(self, request, response):
         handler = self.handler
@@ -102,14 +182,16 @@ class ConceptNode(ModelNode):
         operations = {SetConcepts.Request.SET: handler.concepts.set, SetConcepts.Request.ADD: handler.concepts.add,
                       SetConcepts.Request.REMOVE: handler.concepts.remove, SetConcepts.Request.LIST: lambda _: None}
         operation = operations.get(request.operation)
-        try:
-            if operation is None:
-                raise ValueError(f"unknown operation {request.operation}")
-            operation(list(request.concepts))
-            response.success, response.message = True, "ok"
-        except (BadInputError, ValueError) as error:
-            response.success, response.message = False, str(error)
-        active = sorted(handler.concepts.snapshot().values(), key=lambda c: c.prompt_id)
+        with self._concepts_apply_lock:
+            self._apply_concept_messages()  # what came earlier on the topic applies first
+            try:
+                if operation is None:
+                    raise ValueError(f"unknown operation {request.operation}")
+                operation(list(request.concepts))
+                response.success, response.message = True, "ok"
+            except (BadInputError, ValueError) as error:
+                response.success, response.message = False, str(error)
+            active = sorted(handler.concepts.snapshot().values(), key=lambda c: c.prompt_id)
         response.concepts = [c.text for c in active]
         response.prompt_ids = [c.prompt_id for c in active]
         return response
@@ -125,22 +207,54 @@ class ConceptNode(ModelNode):
             response.success, response.message = False, "give points or a box"
             return response
         try:
-            response.object_id = self.run_in_worker(lambda: self.handler.tracker.prompt(
-                points if len(points) else None, labels if len(points) else None, box,
-                concept=request.concept or "object", obj_id=request.object_id or None))
+            response.object_id = self._prompt(points if len(points) else None, labels if len(points) else None, box,
+                                              concept=request.concept or "object", obj_id=request.object_id or None)
             response.success, response.message = True, "ok"
-        except (ValueError, KeyError, TimeoutError, AttributeError) as error:
-            response.success, response.message = False, f"{type(error).__name__}: {error}"
+        except (BadInputError, TimeoutError, _NoModel) as error:
+            response.success, response.message = False, str(error)
+        except Exception as error:  # a bug or a model failure: answered and logged, the node keeps running
+            response.success, response.message = False, f"prompt failed: {type(error).__name__}: {error}"
+            self.get_logger().error(f"prompt failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
         return response
+
+    def _prompt(self, points, labels, box, **kwargs) -> int:
+        """Run a prompt in the worker (the tracker is the worker's alone) and return the object id. Raises
+        TimeoutError if the worker did not get to it within prompt_timeout_s; then it never runs."""
+        def prompt():
+            handler = self.handler
+            if handler is None:
+                raise _NoModel(f"no model: {self.model_error or 'loading'}")
+            try:
+                return handler.tracker.prompt(points, labels, box, **kwargs)
+            except BadInputError:
+                self.stats.event("bad_prompt")
+                raise
+
+        call = _PromptCall(prompt)
+        self.run_in_worker(call.run, wait=False)
+        if not call.done.wait(self.prompt_timeout_s) and call.withdraw():
+            raise TimeoutError(f"the worker is busy (a frame took over {self.prompt_timeout_s:g} s); the prompt was "
+                               "not applied and took no id: try again")
+        call.done.wait()  # started: a prompt takes milliseconds, and its outcome is the answer
+        if call.error is not None:
+            raise call.error
+        return call.result
 
     def _on_prompt_point(self, message: PointStamped) -> None:
         points = np.array([[message.point.x, message.point.y]])
 
         def prompt():
+            handler = self.handler
             try:
-                self.handler.tracker.prompt(points, np.array([1]), None)
-            except (ValueError, AttributeError) as error:
-                self.get_logger().error(f"click prompt ignored: {error}")
+                if handler is None:
+                    raise _NoModel(f"no model: {self.model_error or 'loading'}")
+                obj_id = handler.tracker.prompt(points, np.array([1]), None)
+            except (BadInputError, _NoModel) as error:
+                self.stats.event("bad_prompt")
+                self.get_logger().warning(f"click prompt ignored: {error}", throttle_duration_sec=LOG_THROTTLE_S)
+            else:
+                self.stats.event("click_prompts")
+                self.get_logger().info(f"click ({points[0, 0]:g}, {points[0, 1]:g}) started object {obj_id}")
 
         self.run_in_worker(prompt, wait=False)  # runs before the next frame
 
@@ -149,16 +263,13 @@ class ConceptNode(ModelNode):
 
     # -- frames -------------------------------------------------------------------------------------------
 
-    def process(self, message) -> float | None:
-        depth = None
-        if self.values["use_depth"]:
-            stamp = stamp_to_ns(message.header.stamp)
-            depth_image = self._depths.get(stamp, timeout=self.values["depth_wait"])
-            depth_info = self._depth_infos.get(stamp, timeout=0.0)
-            if depth_image is not None and depth_info is not None and stamp_to_ns(depth_image.header.stamp) == stamp:
-                depth = io.depth_frame(depth_image, depth_info, self._depth_metric)
-            else:
-                self.stats.event("no_depth")
+    def _pairing_drop(self, reason: str) -> None:
+        """A frame the pairer had to drop (too many waiting) was received, and is lost as stale."""
+        self.stats.receive()
+        self.stats.drop(reason)
+
+    def process(self, paired) -> float | None:
+        message, depth = paired.frame, io.paired_depth(paired, self._depth_metric)
         result = self.handler.handle(message, depth)
         if result is None:
             return None

@@ -18,17 +18,15 @@ import time
 from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
-from perception_fm.core.stamped_cache import StampedCache
 from perception_fm.graph import NODE_TYPES
 from perception_fm.hookspecs import Task
 from perception_fm.msg import DepthInfo
 from perception_fm.nodes.node_base import ModelNode, run_node
 from perception_fm.ros import depth_io
 from perception_fm.ros.depth_io import DEPTH_PARAMS, DepthFrameHandler, DepthMessages
+from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.ros.qos import qos_profile
-from perception_fm.ros.tf import TfListener, TfPublisher, stamp_to_ns
-
-CAMERA_INFO_WAIT_S = 0.05
+from perception_fm.ros.tf import TfListener, TfPublisher
 
 
 class DepthNode(ModelNode):
@@ -41,12 +39,15 @@ class DepthNode(ModelNode):
         super().__init__("depth_node", **kwargs)
         input_qos = qos_profile(self.values["input_qos"])
         output_qos = qos_profile(self.values["output_qos"])
-        self._camera_infos: StampedCache[CameraInfo] = StampedCache()
+        # images wait for the camera_info of their stamp (depth_io.depth_pairer, as in the replay); callbacks
+        # only store, the pairing timer releases images whose wait is over
+        self._pairing = LivePairing(self, depth_io.depth_pairer(self.values, live_clock, on_event=self.stats.event,
+                                                                on_drop=self._pairing_drop), self.submit)
         if self.values["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, input_qos)
+            self.create_subscription(CompressedImage, "image/compressed", self._pairing.frame, input_qos)
         else:
-            self.create_subscription(Image, "image", self._on_image, input_qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
+            self.create_subscription(Image, "image", self._pairing.frame, input_qos)
+        self._pairing.subscribe(depth_io.CAMERA_INFO, CameraInfo, "camera_info", input_qos)
         self._outputs = {
             "depth": self.create_publisher(Image, depth_io.TOPIC_DEPTH, output_qos),
             "confidence": self.create_publisher(Image, depth_io.TOPIC_CONFIDENCE, output_qos),
@@ -60,24 +61,19 @@ class DepthNode(ModelNode):
         self.handler: DepthFrameHandler | None = None
         self.start()
 
-    # -- callbacks (executor thread): store only ------------------------------------------------------------
-
-    def _on_camera_info(self, message: CameraInfo) -> None:
-        self._camera_infos.put(stamp_to_ns(message.header.stamp), message)
-
-    def _on_image(self, message) -> None:
-        self.submit(message)
+    def _pairing_drop(self, reason: str) -> None:
+        """A frame the pairer had to drop (too many waiting) was received, and is lost as stale."""
+        self.stats.receive()
+        self.stats.drop(reason)
 
     # -- worker thread ------------------------------------------------------------------------------------
 
     def reconfigure_with(self, model) -> None:
         self.handler = DepthFrameHandler(model, self.values, tf_lookup=self._lookup, on_event=self.stats.event)
+        depth_io.update_waits(self._pairing.pairer, self.values)
 
-    def process(self, message) -> float:
-        # camera_info and image arrive on separate topics in any order: take the one with the image's stamp,
-        # waiting briefly for it, else the latest (intrinsics rarely change).
-        camera_info = self._camera_infos.get(stamp_to_ns(message.header.stamp), timeout=CAMERA_INFO_WAIT_S)
-        output, messages = self.handler.handle(message, camera_info)
+    def process(self, paired) -> float:
+        output, messages = self.handler.handle(paired.frame, paired.inputs[depth_io.CAMERA_INFO])
         self._publish(messages)
         return output.inference_ms
 

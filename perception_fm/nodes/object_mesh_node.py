@@ -15,23 +15,20 @@ never stalls the image path.
 """
 from __future__ import annotations
 
-import numpy as np
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
-from perception_fm.core.stamped_cache import StampedCache
 from perception_fm.errors import BadInputError
 from perception_fm.graph import NODE_TYPES
 from perception_fm.hookspecs import Task
 from perception_fm.msg import InstanceArray, ObjectMesh
 from perception_fm.nodes.node_base import ModelNode, run_node
 from perception_fm.ros import object_mesh_io as io
-from perception_fm.ros.camera_info import camera_info_to_intrinsics
-from perception_fm.ros.image_codec import compressed_to_rgb8, image_to_rgb8
+from perception_fm.ros import pairing
+from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.ros.qos import qos_profile
-from perception_fm.ros.segmentation_io import depth_frame
-from perception_fm.ros.tf import TfListener, TfPublisher, stamp_to_ns
+from perception_fm.ros.tf import TfListener, TfPublisher
 from perception_fm.srv import ExportScene, LiftObject
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -48,20 +45,20 @@ class ObjectMeshNode(ModelNode):
     def __init__(self, **kwargs):
         super().__init__("object_mesh_node", **kwargs)
         input_qos = qos_profile(self.values["input_qos"])
-        self._images: StampedCache = StampedCache(16)
-        self._camera_info: CameraInfo | None = None
-        self._depths: StampedCache = StampedCache(8)
-        self._depth_infos: StampedCache = StampedCache(8)
-        store = lambda cache: (lambda m: cache.put(stamp_to_ns(m.header.stamp), m))  # noqa: E731
+        # instances wait for the image, camera_info and depth of their stamp in the shared pairer (as in the
+        # replay); callbacks only store, the pairing timer releases arrays whose wait is over
+        self._pairing = LivePairing(self, pairing.instances_pairer(
+            self.values, live_clock, use_depth=self.values["use_depth"], on_event=self.stats.event,
+            on_drop=self._pairing_drop), self._on_paired)
         if self.values["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", store(self._images), input_qos)
+            self._pairing.subscribe(pairing.IMAGE, CompressedImage, "image/compressed", input_qos)
         else:
-            self.create_subscription(Image, "image", store(self._images), input_qos)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
-        self.create_subscription(InstanceArray, io.TOPIC_INSTANCES, self._on_instances, RELIABLE)
+            self._pairing.subscribe(pairing.IMAGE, Image, "image", input_qos)
+        self._pairing.subscribe(pairing.CAMERA_INFO, CameraInfo, "camera_info", input_qos)
+        self.create_subscription(InstanceArray, io.TOPIC_INSTANCES, self._pairing.frame, RELIABLE)
         if self.values["use_depth"]:
-            self.create_subscription(Image, io.TOPIC_DEPTH, store(self._depths), RELIABLE)
-            self.create_subscription(CameraInfo, io.TOPIC_DEPTH_CAMERA_INFO, store(self._depth_infos), RELIABLE)
+            self._pairing.subscribe(pairing.DEPTH, Image, io.TOPIC_DEPTH, RELIABLE)
+            self._pairing.subscribe(pairing.DEPTH_CAMERA_INFO, CameraInfo, io.TOPIC_DEPTH_CAMERA_INFO, RELIABLE)
         self._objects = self.create_publisher(ObjectMesh, io.TOPIC_OBJECTS, RELIABLE)
         self._markers = self.create_publisher(MarkerArray, io.TOPIC_MARKERS, qos_profile("transient_local"))
         self._tf_publisher = TfPublisher(self)
@@ -72,54 +69,30 @@ class ObjectMeshNode(ModelNode):
         self.start()
 
     def reconfigure_with(self, model) -> None:
-        self.handler = io.ObjectMeshHandler(model, self.values)
+        self.handler = io.ObjectMeshHandler(model, self.values, on_event=self.stats.event)
+        pairing.update_instance_waits(self._pairing.pairer, self.values)
 
-    def _on_camera_info(self, message: CameraInfo) -> None:
-        self._camera_info = message
+    def _pairing_drop(self, reason: str) -> None:
+        self.stats.drop(reason)
 
     # -- selection (executor thread): cheap, never runs the model ------------------------------------------
 
-    def _on_instances(self, array: InstanceArray) -> None:
+    def _on_paired(self, paired) -> None:
+        """An InstanceArray released by the pairer, with its stamp's inputs: select lift jobs."""
         handler = self.handler
-        if handler is None or not array.instances:
-            return
-        stamp = stamp_to_ns(array.header.stamp)
-        image_message = self._images.get(stamp, timeout=0.2)
-        if image_message is None or stamp_to_ns(image_message.header.stamp) != stamp:
-            self.stats.event("no_image_for_instances")
+        if handler is None:
+            self.stats.drop("no_model")
             return
         try:
-            image = compressed_to_rgb8(image_message) if isinstance(image_message, CompressedImage) \
-                else image_to_rgb8(image_message)
-            K = camera_info_to_intrinsics(self._camera_info).K if self._camera_info is not None else None
-            depth = self._depth_for(stamp)
-            pose, parent = self._camera_pose(image_message.header.frame_id, stamp)
-            jobs = handler.select(array, image, depth, K, pose, parent)
-        except (BadInputError, ValueError) as error:
-            self.stats.drop(getattr(error, "reason", "instances"))
-            self._log_drop("instances", f"instances at {stamp} ns ignored: {error}")
+            jobs = handler.select_paired(paired, self._tf_listener.lookup)
+        except BadInputError as error:
+            self.stats.drop(error.reason)
+            self._log_drop(error.reason, f"instances at {paired.stamp_ns} ns ignored: {error}")
             return
+        finally:
+            self.stats.event("instance_arrays")  # arrays through selection (lift jobs are `received`)
         for job in jobs:
             self.submit(job)
-
-    def _depth_for(self, stamp: int):
-        if not self.values["use_depth"]:
-            return None
-        image = self._depths.get(stamp, timeout=self.values["depth_wait"])
-        info = self._depth_infos.get(stamp, timeout=0.0)
-        if image is None or info is None or stamp_to_ns(image.header.stamp) != stamp:
-            self.stats.event("no_depth")
-            return None
-        return depth_frame(image, info, True)
-
-    def _camera_pose(self, image_frame: str, stamp: int) -> tuple[np.ndarray, str]:
-        fixed = self.values["fixed_frame"]
-        pose = self._tf_listener.lookup(fixed, image_frame, stamp) if fixed else None
-        if pose is None:
-            if fixed:
-                self.stats.event("no_fixed_frame_tf")
-            return np.eye(4), image_frame
-        return pose, fixed
 
     # -- lifting (worker) ---------------------------------------------------------------------------------
 

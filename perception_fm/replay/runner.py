@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from perception_fm.core.stamped_cache import StampedCache
+from perception_fm.core.stamp_pairing import StampPairer
 from perception_fm.errors import BadInputError, PerceptionFmError
 from perception_fm.graph import Graph, NodeConfig
 from perception_fm.hookspecs import Task
@@ -54,8 +54,11 @@ class Output:
 
 class ReplayNode:
     """A node offline: its task's frame handler fed from the bag. Subclasses set `task` and implement
-    `setup()`, `inputs`, `on_input(item)` (topics other than `frame_topic`) and
-    `on_frame(item) -> (inference_ms, outputs)` (one message of `frame_topic`, by default the image)."""
+    `setup()`, `inputs` and `on_frame(frame) -> (inference_ms, outputs)`. A node whose frames wait for inputs
+    of their stamp builds, in `setup()`, the pairer of its frame handler module (`self.pairer`, on the bag's
+    clock `self.clock_ns`) and says which topics feed which of its inputs (`self.paired_topics`): the replay
+    then pairs, waits and counts exactly as the live node does; `on_frame` gets the released
+    perception_fm.core.stamp_pairing.Paired. Without a pairer `on_frame` gets the BagMessage."""
 
     task: Task
     idle_event: str | None = "skipped"  # counted for a frame on which the model did not run
@@ -78,14 +81,29 @@ class ReplayNode:
         self.events: Counter[str] = Counter()
         self.inference_ms: list[float] = []
         self.errors: list[str] = []
+        self.clock_ns = 0  # the bag's log time: the clock of this node's pairer
+        self.pairer: StampPairer | None = None
+        self.paired_topics: dict[str, list[str]] = {}  # topic -> the pairer inputs it feeds
         self.setup()
+
+    def clock(self) -> int:
+        return self.clock_ns
+
+    def count_event(self, name: str) -> None:
+        self.events[name] += 1
+
+    def count_drop(self, reason: str) -> None:
+        self.drops[reason] += 1
+
+    def feeds(self, input_name: str, topic: str) -> None:
+        self.paired_topics.setdefault(topic, []).append(input_name)
 
     def setup(self) -> None:
         raise NotImplementedError
 
     @property
     def inputs(self) -> set[str]:
-        return {self.image_topic}
+        return {self.image_topic, *self.paired_topics}
 
     @property
     def frame_topic(self) -> str:
@@ -104,28 +122,46 @@ class ReplayNode:
                               f"topics in the bag: {', '.join(image_topics) or 'none'} (set remappings.image)")
         return []
 
+    def expect_topics(self, available: set[str]) -> None:
+        """The topics the bag or a node of the graph provides: the pairer waits for those inputs only."""
+        if self.pairer is not None:
+            for topic, names in self.paired_topics.items():
+                for name in names:
+                    self.pairer.expect(name, topic in available)
+
     def handle(self, item: BagMessage) -> list[Output]:
-        if item.topic != self.frame_topic:
+        self.clock_ns = max(self.clock_ns, item.timestamp_ns)
+        released: list = []
+        if item.topic == self.frame_topic:
+            self.frames += 1
+            if self.pairer is None:
+                return self.frame(item)
+            released += self.pairer.add_frame(stamp_to_ns(item.message.header.stamp), item.message)
+        else:
             self.on_input(item)
-            return []
-        return self.frame(item)
+        if self.pairer is not None:
+            for name in self.paired_topics.get(item.topic, ()):  # one topic may feed two inputs
+                released += self.pairer.add(name, stamp_to_ns(item.message.header.stamp), item.message)
+        return [output for paired in released for output in self.frame(paired)]
 
     def flush(self, clock_ns: int, final: bool = False) -> list[Output]:
         """Outputs of deferred work that can run now: `clock_ns` is the log time of the bag message just
         delivered (or about to be), `final` says the bag has ended."""
-        return []
+        if self.pairer is None:
+            return []
+        self.clock_ns = max(self.clock_ns, clock_ns)
+        return [output for paired in self.pairer.poll(final) for output in self.frame(paired)]
 
-    def frame(self, item: BagMessage) -> list[Output]:
-        self.frames += 1
+    def frame(self, item) -> list[Output]:
         try:
             inference_ms, outputs = self.on_frame(item)
         except BadInputError as error:
             self.drops[error.reason] += 1
-            self._error(f"frame at {item.timestamp_ns} ns dropped ({error.reason}): {error}")
+            self._error(f"frame at {self.clock_ns} ns dropped ({error.reason}): {error}")
             return []
         except Exception as error:  # like the node: one bad frame never ends the run
             self.drops["error"] += 1
-            self._error(f"frame at {item.timestamp_ns} ns failed: {type(error).__name__}: {error}")
+            self._error(f"frame at {self.clock_ns} ns failed: {type(error).__name__}: {error}")
             return []
         if inference_ms is None:
             if self.idle_event:
@@ -137,7 +173,7 @@ class ReplayNode:
     def on_input(self, item: BagMessage) -> None:
         pass
 
-    def on_frame(self, item: BagMessage) -> tuple[float | None, list[Output]]:
+    def on_frame(self, item) -> tuple[float | None, list[Output]]:
         raise NotImplementedError
 
     def _error(self, text: str) -> None:
@@ -152,12 +188,19 @@ class ReplayNode:
             "processed": len(self.inference_ms), "dropped": dict(self.drops), "events": dict(self.events),
             "inference_ms": {"mean": float(timings.mean()), "p50": float(np.percentile(timings, 50)),
                              "p95": float(np.percentile(timings, 95))},
+            "parameters": _json_safe(self.values),
             "errors": self.errors,
         }
 
 
+def _json_safe(values: dict) -> dict:
+    """The node's configured parameters (every one, defaults filled in) as JSON values."""
+    return {name: value if isinstance(value, (bool, int, float, str)) or value is None else str(value)
+            for name, value in sorted(values.items())}
+
+
 class DepthReplay(ReplayNode):
-    """depth_node offline: the same DepthFrameHandler as the live node."""
+    """depth_node offline: the same pairer and DepthFrameHandler as the live node."""
 
     task = Task.DEPTH
 
@@ -167,21 +210,20 @@ class DepthReplay(ReplayNode):
         self.handler = depth_io.DepthFrameHandler(
             self.model, self.values,
             tf_lookup=lambda target, source, stamp, wait: self.tf.lookup(target, source, stamp),
-            on_event=lambda name: self.events.update([name]))
+            on_event=self.count_event)
         self.camera_info_topic = self.node.topic("camera_info")
+        self.pairer = depth_io.depth_pairer(self.values, self.clock, on_event=self.count_event,
+                                            on_drop=self.count_drop)
+        self.feeds(depth_io.CAMERA_INFO, self.camera_info_topic)
         self.topics = {name: self.node.topic(getattr(depth_io, f"TOPIC_{name.upper()}"))
                        for name in ("depth", "confidence", "depth_info", "depth_camera_info", "points", "path")}
-        self.camera_info = None
+        self._processed_before = False
 
     @property
     def extra_params(self) -> tuple[str, ...]:
         from perception_fm.ros.depth_io import MODEL_EXTRA_PARAMS
 
         return MODEL_EXTRA_PARAMS
-
-    @property
-    def inputs(self) -> set[str]:
-        return {self.image_topic, self.camera_info_topic}
 
     def check_bag(self, topics: dict[str, str]) -> list[str]:
         warnings = super().check_bag(topics)
@@ -190,16 +232,18 @@ class DepthReplay(ReplayNode):
                             "use predicted intrinsics where the model has them; metric models cannot run)")
         return warnings
 
-    def on_input(self, item: BagMessage) -> None:
-        self.camera_info = item.message
-
-    def on_frame(self, item: BagMessage):
+    def on_frame(self, paired):
         from tf2_msgs.msg import TFMessage
 
-        output, messages = self.handler.handle(item.message, self.camera_info)
-        if output.new_sequence and self.frames > 1:
+        from perception_fm.ros.depth_io import CAMERA_INFO
+
+        output, messages = self.handler.handle(paired.frame, paired.inputs[CAMERA_INFO])
+        if output.new_sequence and self._processed_before:
             self.events["sequence_reset"] += 1
-        messages.info.inference_ms = 0.0  # timings go to the report: the bag is the same on every run
+        self._processed_before = True
+        # DepthInfo.inference_ms stays 0 in a replayed bag (see DepthInfo.msg): the output bag is the same
+        # on every run; the timings are in the report
+        messages.info.inference_ms = 0.0
         outputs = [Output(self.topics["depth"], messages.depth), Output(self.topics["depth_info"], messages.info)]
         optional = (("depth_camera_info", messages.camera_info), ("confidence", messages.confidence),
                     ("points", messages.points), ("path", messages.path))
@@ -212,9 +256,8 @@ class DepthReplay(ReplayNode):
 
 
 class ConceptReplay(ReplayNode):
-    """concept_node offline: concepts from its parameter and from the bag's `concepts` topic; depth from the
-    bag or from a depth node of the same graph (which runs first, so its output for a frame arrives before
-    the frame itself reaches this node)."""
+    """concept_node offline: concepts from its parameter and from the bag's `concepts` topic; depth (use_depth)
+    through the node's own depth pairer, from the bag or from a depth node of the same graph."""
 
     task = Task.SEGMENTATION
 
@@ -226,10 +269,11 @@ class ConceptReplay(ReplayNode):
         self.parse = parse_concepts_message
         self.handler = io.SegmentationFrameHandler(self.model, self.values)
         self.concepts_topic = self.node.topic(io.TOPIC_CONCEPTS)
-        self.depth_topics = {self.node.topic(io.TOPIC_DEPTH): "depth",
-                             self.node.topic(io.TOPIC_DEPTH_CAMERA_INFO): "camera_info",
-                             self.node.topic("depth/info"): "info"} if self.values["use_depth"] else {}
-        self.depth_cache: dict[str, StampedCache] = {"depth": StampedCache(8), "camera_info": StampedCache(8)}
+        self.depth_info_topic = self.node.topic("depth/info")
+        self.pairer = io.depth_pairer(self.values, self.clock, on_event=self.count_event, on_drop=self.count_drop)
+        if self.values["use_depth"]:
+            self.feeds(io.DEPTH, self.node.topic(io.TOPIC_DEPTH))
+            self.feeds(io.DEPTH_CAMERA_INFO, self.node.topic(io.TOPIC_DEPTH_CAMERA_INFO))
         self.depth_metric = False
         self.topics = {name: self.node.topic(getattr(io, f"TOPIC_{name.upper()}"))
                        for name in ("instances", "labels", "overlay", "markers")}
@@ -242,7 +286,8 @@ class ConceptReplay(ReplayNode):
 
     @property
     def inputs(self) -> set[str]:
-        return {self.image_topic, self.concepts_topic, *self.depth_topics}
+        depth_info = {self.depth_info_topic} if self.values["use_depth"] else set()
+        return super().inputs | {self.concepts_topic} | depth_info
 
     def on_input(self, item: BagMessage) -> None:
         if item.topic == self.concepts_topic:
@@ -252,24 +297,12 @@ class ConceptReplay(ReplayNode):
                 except (BadInputError, ValueError) as error:
                     self.events["bad_concept"] += 1
                     self._error(f"concept command at {item.timestamp_ns} ns refused: {error}")
-            return
-        kind = self.depth_topics[item.topic]
-        if kind == "info":
+        elif item.topic == self.depth_info_topic and self.values["use_depth"]:
             self.depth_metric = item.message.is_metric
-        else:
-            self.depth_cache[kind].put(stamp_to_ns(item.message.header.stamp), item.message)
 
-    def on_frame(self, item: BagMessage):
-        depth = None
-        if self.depth_topics:
-            stamp = stamp_to_ns(item.message.header.stamp)
-            image = self.depth_cache["depth"].get(stamp)
-            info = self.depth_cache["camera_info"].get(stamp)
-            if image is not None and info is not None and stamp_to_ns(image.header.stamp) == stamp:
-                depth = self.io.depth_frame(image, info, self.depth_metric)
-            else:
-                self.events["no_depth"] += 1
-        result = self.handler.handle(item.message, depth)
+    def on_frame(self, paired):
+        depth = self.io.paired_depth(paired, self.depth_metric)
+        result = self.handler.handle(paired.frame, depth)
         if result is None:
             return None, []
         _, messages = result
@@ -283,21 +316,25 @@ class ConceptReplay(ReplayNode):
 
 
 class InstancesReplay(ReplayNode):
-    """A node driven by tracked instances (InstanceArray, from the bag or a concept_node of the graph) with the
-    image of the same stamp. An array waits in `pending` until what it needs at its stamp has arrived (the
-    image, camera_info when the bag has it, see `complete`), or until the bag's log time has passed its own by
-    `wait_s`: what the live node waits for those inputs. Messages logged at the same time all count as there."""
+    """A node driven by tracked instances (InstanceArray, from the bag or a concept_node of the graph), each
+    paired with the image, camera_info (and depth) of its stamp by the same pairer as the live node
+    (perception_fm.ros.pairing.instances_pairer), on the bag's clock."""
 
-    wait_s = 0.0
+    use_depth = False
 
     def setup(self) -> None:
+        from perception_fm.ros import pairing
+
         self.instances_topic = self.node.topic("instances")
         self.camera_info_topic = self.node.topic("camera_info")
-        self.images: StampedCache = StampedCache(16)
-        self.camera_infos: StampedCache = StampedCache(16)
-        self.expects_camera_info = True
-        self.pending: deque[BagMessage] = deque()
         self.setup_handler()
+        self.pairer = pairing.instances_pairer(self.values, self.clock, use_depth=self.use_depth,
+                                               on_event=self.count_event, on_drop=self.count_drop)
+        self.feeds(pairing.IMAGE, self.image_topic)
+        self.feeds(pairing.CAMERA_INFO, self.camera_info_topic)
+        if self.use_depth:
+            self.feeds(pairing.DEPTH, self.node.topic("depth/image"))
+            self.feeds(pairing.DEPTH_CAMERA_INFO, self.node.topic("depth/camera_info"))
 
     def setup_handler(self) -> None:
         raise NotImplementedError
@@ -308,63 +345,7 @@ class InstancesReplay(ReplayNode):
 
     @property
     def inputs(self) -> set[str]:
-        return {self.image_topic, self.camera_info_topic, self.instances_topic}
-
-    def check_bag(self, topics: dict[str, str]) -> list[str]:
-        self.expects_camera_info = self.camera_info_topic in topics
-        return super().check_bag(topics)
-
-    def handle(self, item: BagMessage) -> list[Output]:
-        if item.topic == self.instances_topic:
-            self.pending.append(item)
-            return []
-        if item.topic == self.image_topic:
-            self.images.put(stamp_to_ns(item.message.header.stamp), item.message)
-        if item.topic == self.camera_info_topic:
-            self.camera_infos.put(stamp_to_ns(item.message.header.stamp), item.message)
-        self.on_input(item)  # one topic may serve twice (camera_info as depth/camera_info too)
-        return []
-
-    def complete(self, stamp: int) -> bool:
-        """Everything the array of this stamp needs is here."""
-        return self._at(self.images, stamp) is not None and \
-            (not self.expects_camera_info or self._at(self.camera_infos, stamp) is not None)
-
-    @staticmethod
-    def _at(cache: StampedCache, stamp: int):
-        message = cache.get(stamp)
-        return message if message is not None and stamp_to_ns(message.header.stamp) == stamp else None
-
-    def flush(self, clock_ns: int, final: bool = False) -> list[Output]:
-        outputs = []
-        while self.pending:  # in arrival order
-            item = self.pending[0]
-            deadline = item.timestamp_ns + int(self.wait_s * 1e9)
-            if not (final or clock_ns > deadline or self.complete(stamp_to_ns(item.message.header.stamp))):
-                break
-            self.pending.popleft()
-            for output in self.frame(item):
-                output.timestamp_ns = max(item.timestamp_ns, clock_ns)  # the output bag stays in log order
-                outputs.append(output)
-        return outputs
-
-    def image_for(self, array):
-        """(rgb8 image, its message, intrinsics or None) at the array's stamp; None when that image is not
-        there (counted, as the live node does). Intrinsics: camera_info of that stamp, else the latest."""
-        from sensor_msgs.msg import CompressedImage
-
-        from perception_fm.ros.camera_info import camera_info_to_intrinsics
-        from perception_fm.ros.image_codec import compressed_to_rgb8, image_to_rgb8
-
-        stamp = stamp_to_ns(array.header.stamp)
-        message = self._at(self.images, stamp)
-        if message is None:
-            self.events["no_image_for_instances"] += 1
-            return None
-        image = compressed_to_rgb8(message) if isinstance(message, CompressedImage) else image_to_rgb8(message)
-        info = self.camera_infos.get(stamp)
-        K = camera_info_to_intrinsics(info).K if info is not None else None
-        return image, message, K
+        return super().inputs | {self.instances_topic}
 
 
 class ObjectMeshReplay(InstancesReplay):
@@ -376,18 +357,9 @@ class ObjectMeshReplay(InstancesReplay):
     def setup_handler(self) -> None:
         from perception_fm.ros import object_mesh_io as io
 
-        self.handler = io.ObjectMeshHandler(self.model, self.values)
-        self.depth_topics = {self.node.topic(io.TOPIC_DEPTH): "depth",
-                             self.node.topic(io.TOPIC_DEPTH_CAMERA_INFO): "camera_info"} \
-            if self.values["use_depth"] else {}
-        self.depth_cache: dict[str, StampedCache] = {"depth": StampedCache(8), "camera_info": StampedCache(8)}
-        self.wait_s = self.values["depth_wait"] if self.depth_topics else 0.0
+        self.use_depth = self.values["use_depth"]
+        self.handler = io.ObjectMeshHandler(self.model, self.values, on_event=self.count_event)
         self.topics = {"objects": self.node.topic(io.TOPIC_OBJECTS), "markers": self.node.topic(io.TOPIC_MARKERS)}
-
-    def complete(self, stamp: int) -> bool:
-        if not super().complete(stamp):
-            return False
-        return not self.depth_topics or all(self._at(cache, stamp) is not None for cache in self.depth_cache.values())
 
     @property
     def extra_params(self) -> tuple[str, ...]:
@@ -395,46 +367,10 @@ class ObjectMeshReplay(InstancesReplay):
 
         return MODEL_EXTRA_PARAMS
 
-    @property
-    def inputs(self) -> set[str]:
-        return super().inputs | set(self.depth_topics)
-
-    def on_input(self, item: BagMessage) -> None:
-        kind = self.depth_topics.get(item.topic)
-        if kind is not None:
-            self.depth_cache[kind].put(stamp_to_ns(item.message.header.stamp), item.message)
-
-    def on_frame(self, item: BagMessage):
+    def on_frame(self, paired):
         from tf2_msgs.msg import TFMessage
 
-        from perception_fm.ros.segmentation_io import depth_frame
-
-        array = item.message
-        if not array.instances:
-            return None, []
-        found = self.image_for(array)
-        if found is None:
-            return None, []
-        image, image_message, K = found
-        stamp = stamp_to_ns(array.header.stamp)
-        depth = None
-        if self.depth_topics:
-            depth_image, info = self._at(self.depth_cache["depth"], stamp), self.depth_cache["camera_info"].get(stamp)
-            if depth_image is not None and info is not None:
-                depth = depth_frame(depth_image, info, True)
-            else:
-                self.events["no_depth"] += 1
-        fixed = self.values["fixed_frame"]
-        pose = self.tf.lookup(fixed, image_message.header.frame_id, stamp) if fixed else None
-        parent = fixed
-        if pose is None:
-            if fixed:
-                self.events["no_fixed_frame_tf"] += 1
-            pose, parent = np.eye(4), image_message.header.frame_id
-        try:
-            jobs = self.handler.select(array, image, depth, K, pose, parent)
-        except ValueError as error:
-            raise BadInputError("instances", str(error)) from error
+        jobs = self.handler.select_paired(paired, self.tf.lookup)
         if not jobs:
             return None, []
         outputs, inference_ms = [], 0.0
@@ -443,7 +379,7 @@ class ObjectMeshReplay(InstancesReplay):
                 lifted, messages = self.handler.run(job)
             except Exception as error:
                 self.drops["lift_failed"] += 1
-                self._error(f"object {job.id} at {item.timestamp_ns} ns not lifted: {type(error).__name__}: {error}")
+                self._error(f"object {job.id} at {self.clock_ns} ns not lifted: {type(error).__name__}: {error}")
                 continue
             inference_ms += lifted.inference_ms
             messages.object.inference_ms = 0.0  # timings go to the report: the bag is the same on every run
@@ -470,19 +406,12 @@ class BodyReplay(InstancesReplay):
 
         return MODEL_EXTRA_PARAMS
 
-    def on_frame(self, item: BagMessage):
+    def on_frame(self, paired):
         from tf2_msgs.msg import TFMessage
 
-        array = item.message
-        if not self.handler.tracker.people(array.instances):
-            return None, []  # nobody to estimate: the model does not run
-        found = self.image_for(array)
-        if found is None:
+        inference_ms, messages = self.handler.handle_paired(paired)
+        if messages is None:
             return None, []
-        image, _, K = found
-        started = time.perf_counter()
-        _, messages = self.handler.handle(array, image, K)
-        inference_ms = (time.perf_counter() - started) * 1e3
         outputs = [Output(self.topics["bodies"], body) for body in messages.bodies]
         if messages.markers is not None:
             outputs.append(Output(self.topics["markers"], messages.markers, msgtype=MARKER_ARRAY))
@@ -653,6 +582,9 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
         nodes = _producers_first(nodes)
+        available = set(topics) | {topic for node in nodes for topic in node.outputs}
+        for node in nodes:  # pairers wait for the inputs that will come, as a live node waits for publishers
+            node.expect_topics(available)
         routes: dict[str, list] = {}
         for node in nodes:  # a node's outputs reach its consumers before the frame itself does
             for topic in node.inputs:

@@ -1,17 +1,20 @@
 """The ROS side of human body meshes, shared by the body node and the offline replay: people among tracked
-instances + image → HumanMesh messages, markers (mesh, skeleton, labels; bytes) and a TF frame per person."""
+instances, paired by stamp with their image and camera_info (perception_fm.ros.pairing.instances_pairer, the
+same pairer live and offline) → HumanMesh messages, markers (mesh, skeleton, labels; bytes) and a TF frame per person."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 from geometry_msgs.msg import Point, TransformStamped
 
 from perception_fm.core.masks import rle_decode
+from perception_fm.core.stamp_pairing import Paired
 from perception_fm.msg import HumanMesh
 from perception_fm.nodes.params import Param
 from perception_fm.pipelines.body_tracking import BodyConfig, BodyTracker, Person
-from perception_fm.ros import marker_codec
+from perception_fm.ros import marker_codec, pairing
 from perception_fm.ros.qos import PROFILES
 from perception_fm.ros.segmentation_io import color_of
 from perception_fm.ros.tf import make_transform, stamp_to_ns
@@ -33,6 +36,8 @@ BODY_PARAMS = (
     Param("publish_skeleton", True, "Publish skeleton markers (bones and joints)."),
     Param("publish_tf", True, "Publish TF <image frame> -> person_<id> at each person's root joint (oriented "
                               "like the root where the model reports it, else like the camera)."),
+    Param("image_wait", 0.2, "Seconds instances wait for the image and camera_info of their stamp (without "
+                             "the image they are not used, counted no_image_for_instances).", min=0.0, max=5.0),
     Param("image_transport", "raw", "raw: `image`; compressed: `image/compressed`.", choices=("raw", "compressed"),
           read_only=True),
     Param("input_qos", "sensor_data", "QoS of the image subscription.", choices=PROFILES, read_only=True),
@@ -68,6 +73,20 @@ class BodyFrameHandler:
         parents = np.asarray(model.joint_parents)
         self._bones = np.array([(j, p) for j, p in enumerate(parents) if p >= 0], np.int64).reshape(-1, 2)
         self._root = int(np.flatnonzero(parents < 0)[0]) if (parents < 0).any() else 0
+
+    def handle_paired(self, paired: Paired) -> tuple[float | None, BodyMessages | None]:
+        """(model time in ms, messages) for a released InstanceArray; (None, None) when the model need not
+        run: nobody in it, or its image never came (the pairer counted that)."""
+        array = paired.frame
+        if not self.tracker.people(array.instances):
+            return None, None
+        found = pairing.paired_image(paired)
+        if found is None:
+            return None, None
+        image, _, K = found
+        started = time.perf_counter()
+        _, messages = self.handle(array, image, K)
+        return (time.perf_counter() - started) * 1e3, messages
 
     def handle(self, array, image: np.ndarray, intrinsics) -> tuple[list[Person], BodyMessages]:
         people = self.tracker.people(array.instances)

@@ -1,6 +1,8 @@
 """The ROS side of the depth task, shared by the depth node and the offline replay: parameters → pipeline,
-input messages → pipeline → output messages. The node adds subscriptions, the latest-frame slot and
-publishers; the replay reads and writes bags. Neither decodes or encodes anything itself."""
+input messages → stamp pairing → pipeline → output messages. The node adds subscriptions, the latest-frame
+slot and publishers; the replay reads and writes bags. Neither decodes, encodes or pairs anything itself:
+both feed `depth_pairer` (images wait for the camera_info of their stamp) and hand what it releases to
+`DepthFrameHandler.handle`."""
 from __future__ import annotations
 
 from collections import deque
@@ -13,6 +15,7 @@ from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Header
 
+from perception_fm.core.stamp_pairing import PairedInput, StampPairer
 from perception_fm.msg import DepthInfo
 from perception_fm.nodes.params import Param
 from perception_fm.pipelines.depth_pipeline import DepthInput, DepthOutput, DepthPipeline, DepthPipelineConfig
@@ -51,6 +54,9 @@ DEPTH_PARAMS = (
                               "camera's pose there, so estimates show beside the robot's own frames. Empty: "
                               "world_frame is a root."),
     Param("known_pose_frame", "", "Frame in which the camera's pose is known from TF (e.g. odom); empty = none."),
+    Param("camera_info_wait", 0.05, "Seconds an image waits for the camera_info of its own stamp (in any arrival "
+                                    "order); then the newest camera_info is used (counted as "
+                                    "camera_info_latest_used).", min=0.0, max=5.0),
     Param("known_pose_timeout", 0.05, "Seconds to wait for TF at the image stamp before going on without it.",
           min=0.0, max=5.0),
     # transport
@@ -70,6 +76,24 @@ TOPIC_DEPTH_INFO = "depth/info"
 TOPIC_DEPTH_CAMERA_INFO = "depth/camera_info"
 TOPIC_POINTS = "points"
 TOPIC_PATH = "camera_path"
+
+
+# Stamp pairing: the inputs an image waits for (names used by the node's and the replay's routing).
+CAMERA_INFO = "camera_info"
+
+
+def depth_pairer(values: dict, clock: Callable[[], int], *, on_event: Callable[[str], None],
+                 on_drop: Callable[[str], None], max_pending: int = 32) -> StampPairer:
+    """Images (frames) paired with the camera_info of their stamp; a missing one is replaced by the newest
+    (intrinsics rarely change), counted as camera_info_latest_used, or counted as no_camera_info."""
+    return StampPairer([PairedInput(CAMERA_INFO, wait_s=values["camera_info_wait"], latest_fallback=True,
+                                    capacity=32)],
+                       clock, max_pending=max_pending, on_event=on_event, on_drop=on_drop)
+
+
+def update_waits(pairer: StampPairer, values: dict) -> None:
+    """Parameters changed at runtime."""
+    pairer.set_wait(CAMERA_INFO, values["camera_info_wait"])
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""The ROS side of object meshes, shared by the object mesh node and the offline replay: tracked instances
-(+ image, depth, TF) → lift jobs; a lifted object → ObjectMesh, markers (bytes, see marker_codec) and a
+"""The ROS side of object meshes, shared by the object mesh node and the offline replay: tracked instances,
+paired by stamp with their image, camera_info and depth (perception_fm.ros.pairing.instances_pairer, the
+same pairer live and offline) (+ TF) → lift jobs; a lifted object → ObjectMesh, markers (bytes, see marker_codec) and a
 static TF frame object_<id> in the fixed frame."""
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from shape_msgs.msg import MeshTriangle
 from std_msgs.msg import ColorRGBA, Header
 
 from perception_fm.core.masks import rle_decode
+from perception_fm.core.stamp_pairing import Paired
+from perception_fm.errors import BadInputError
 from perception_fm.geometry.camera import pixel_rays
 from perception_fm.geometry.mesh import export_meshes
 from perception_fm.msg import ObjectMesh
@@ -21,7 +24,8 @@ from perception_fm.nodes.params import Param
 from perception_fm.pipelines.object_lifting import LiftedObject, LiftJob, LiftPolicy, ObjectLifter
 from perception_fm.ros import marker_codec
 from perception_fm.ros.qos import PROFILES
-from perception_fm.ros.segmentation_io import DepthFrame, color_of
+from perception_fm.ros import pairing
+from perception_fm.ros.segmentation_io import DepthFrame, color_of, depth_frame
 from perception_fm.ros.tf import make_transform, matrix_to_pose, ns_to_time, stamp_to_ns
 from perception_fm.tasks.object_mesh import ObjectMeshRequest
 
@@ -39,7 +43,10 @@ OBJECT_PARAMS = (
     Param("max_faces", _POLICY.max_faces, "Meshes are decimated to this many faces.", min=4),
     Param("use_depth", False, "Condition the layout on depth/image + depth/camera_info (a pointmap), e.g. from "
                               "depth_node.", read_only=True),
-    Param("depth_wait", 0.2, "Seconds to wait for the depth frame with the instances' stamp.", min=0.0, max=5.0),
+    Param("depth_wait", 0.2, "Seconds instances wait for the depth frame of their stamp (then go on without "
+                             "depth, counted no_depth).", min=0.0, max=5.0),
+    Param("image_wait", 0.2, "Seconds instances wait for the image and camera_info of their stamp (without "
+                             "the image they are not used, counted no_image_for_instances).", min=0.0, max=5.0),
     Param("fixed_frame", "odom", "Frame objects are placed in, from TF at the lifted stamp. Empty, or no TF: "
                                  "the camera frame at that moment."),
     Param("export_dir", "", "Also write each object's mesh (GLB) here; markers then use MESH_RESOURCE."),
@@ -85,13 +92,38 @@ class ObjectMessages:
 
 
 class ObjectMeshHandler:
-    def __init__(self, model, values: dict):
+    def __init__(self, model, values: dict, on_event=lambda name: None):
         self.model = model
         self.values = values
+        self._on_event = on_event
         self.lifter = ObjectLifter(model, policy_from(values))
         self.frame = 0
         self.latest: dict[int, tuple] = {}  # id -> (instance, image, depth, K, pose, stamp): for ~/lift_object
         self.requested: set[int] = set()
+
+    def select_paired(self, paired: Paired, tf_lookup) -> list[LiftJob]:
+        """Lift jobs for a released InstanceArray (perception_fm.ros.pairing.instances_pairer); none without
+        its image (the pairer counted that). tf_lookup(target, source, stamp_ns) -> T_target_source or None. Raises BadInputError for arrays that do not fit their image."""
+        array = paired.frame
+        if not array.instances:
+            return []
+        found = pairing.paired_image(paired)
+        if found is None:
+            return []
+        image, image_message, K = found
+        depth_image, depth_info = paired.inputs.get(pairing.DEPTH), paired.inputs.get(pairing.DEPTH_CAMERA_INFO)
+        depth = depth_frame(depth_image, depth_info, True) if depth_image is not None and depth_info is not None \
+            else None
+        fixed, image_frame = self.values["fixed_frame"], image_message.header.frame_id
+        pose, parent = (tf_lookup(fixed, image_frame, paired.stamp_ns) if fixed else None), fixed
+        if pose is None:
+            if fixed:
+                self._on_event("no_fixed_frame_tf")
+            pose, parent = np.eye(4), image_frame
+        try:
+            return self.select(array, image, depth, K, pose, parent)
+        except ValueError as error:
+            raise BadInputError("instances", str(error)) from error
 
     def select(self, array, image: np.ndarray, depth: DepthFrame | None, K: np.ndarray | None,
                fixed_from_camera: np.ndarray, parent_frame: str) -> list[LiftJob]:

@@ -274,3 +274,34 @@ def depth_frame(depth_image: Image, camera_info: CameraInfo, is_metric: bool) ->
     """A depth image (32FC1) with its camera_info, for instance positions."""
     return DepthFrame(image_to_numpy(depth_image).astype(np.float32, copy=False),
                       camera_info_to_intrinsics(camera_info).K, depth_image.header.frame_id, is_metric)
+
+
+# -- depth pairing (use_depth): the same pairer in the node and in the replay --------------------------------
+
+DEPTH = "depth"
+DEPTH_CAMERA_INFO = "depth_camera_info"
+
+
+def depth_pairer(values: dict, clock, *, on_event, on_drop, max_pending: int = 32):
+    """Images (frames) wait `depth_wait` for the depth frame of their stamp (with use_depth; otherwise they
+    leave at once). Without it a frame goes on without positions, counted no_depth."""
+    from perception_fm.core.stamp_pairing import PairedInput, StampPairer
+
+    inputs = []
+    if values["use_depth"]:
+        inputs = [PairedInput(DEPTH, wait_s=values["depth_wait"], capacity=8),
+                  PairedInput(DEPTH_CAMERA_INFO, wait_s=values["depth_wait"], latest_fallback=True, capacity=8)]
+    return StampPairer(inputs, clock, max_pending=max_pending, on_event=on_event, on_drop=on_drop)
+
+
+def update_depth_waits(pairer, values: dict) -> None:
+    for name in pairer.inputs:
+        pairer.set_wait(name, values["depth_wait"])
+
+
+def paired_depth(paired, is_metric: bool) -> DepthFrame | None:
+    """The depth frame of a released image, or None (the pairer counted why)."""
+    depth_image, info = paired.inputs.get(DEPTH), paired.inputs.get(DEPTH_CAMERA_INFO)
+    if depth_image is None or info is None:
+        return None
+    return depth_frame(depth_image, info, is_metric)
