@@ -13,7 +13,7 @@ log times concerned, after everything before it has been yielded. sqlite3 bags (
 read through `rosbags`.
 
 Writing. rosbags' Writer writes the rosbag2 directory and its metadata.yaml; the MCAP file inside is written by
-`mcap`'s Writer (a storage plugin below), which computes chunk, data-section and summary CRCs, so the replay's
+`mcap`'s Writer (a storage plugin below), which computes chunk and summary CRCs, so the replay's
 own outputs are protected the way `ros2 bag record`'s are.
 """
 from __future__ import annotations
@@ -623,8 +623,8 @@ class _McapBag:
 
 
 class _McapStorage:
-    """rosbags' MCAP storage-plugin interface, written through mcap's Writer: chunk, data-section and summary
-    CRCs (rosbags' own MCAP writer leaves them 0, so damage to what it wrote could not be detected)."""
+    """rosbags' MCAP storage-plugin interface, written through mcap's Writer: chunk and summary CRCs (rosbags'
+    own MCAP writer leaves them 0, so damage to what it wrote could not be detected)."""
 
     def __init__(self, path: Path, compression, chunk_size: int = 1 << 20):
         from importlib.metadata import version
@@ -634,7 +634,10 @@ class _McapStorage:
 
         self.path = path / f"{path.name}.mcap"
         self._file = self.path.open("xb")
-        self._writer = Writer(self._file, chunk_size=chunk_size, enable_crcs=True, enable_data_crcs=True,
+        # Chunk and summary CRCs, as `ros2 bag record` writes them. No data-section CRC: it would cover the
+        # rosbag2 metadata record, which names the file, so two identical bags under different names would
+        # differ in more than that name (the sample bag is meant to be byte-identical but for it).
+        self._writer = Writer(self._file, chunk_size=chunk_size, enable_crcs=True, enable_data_crcs=False,
                               compression=CompressionType.ZSTD if compression == CompressionMode.STORAGE
                               else CompressionType.NONE)
         self._writer.start(profile="ros2", library=f"perception_fm (mcap {version('mcap')})")

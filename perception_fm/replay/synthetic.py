@@ -829,7 +829,9 @@ def write_sample_bag(
     and with with_tf /tf (world_frame -> camera_link per frame) and /tf_static (camera_link -> camera_frame,
     once, latched). Returns a summary: path, topics -> message counts, types, frames, start/duration, bytes.
     """
-    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.rosbag2 import Writer
+
+    from perception_fm.replay.bag_io import rosbag2_writer
 
     path = Path(path)
     msgs = _Messages(config)
@@ -854,7 +856,8 @@ def write_sample_bag(
     types = {topic: msgtype for topic, msgtype, _ in plan}
     labels = {str(k): v for k, v in sorted(instance_labels(config).items())}
 
-    writer = Writer(path, version=Writer.VERSION_LATEST, storage_plugin=StoragePlugin.MCAP)
+    # MCAP written with chunk CRCs (as `ros2 bag record` writes it), so damage to the sample can be detected
+    writer = rosbag2_writer(path, version=Writer.VERSION_LATEST)
     writer.open()
     try:
         conns = {
