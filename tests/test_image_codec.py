@@ -1,5 +1,6 @@
 """numpy ⇄ sensor_msgs/Image and CompressedImage."""
 import array
+import re
 
 import cv2
 import numpy as np
@@ -516,3 +517,43 @@ def test_process_wide_pixel_limit_comes_from_the_environment():
     env.pop("PERCEPTION_FM_MAX_IMAGE_PIXELS")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.stdout.split() == [str(7680 * 4320)], result.stderr
+
+
+@pytest.mark.ros
+def test_a_node_fed_corrupt_frames_logs_only_its_rate_limited_drop_lines(da3_small_checkpoint):
+    """Over DDS: 30 corrupt PNG/JPEG frames to depth_node; every one is counted, and the node's log holds no raw
+    libpng/libjpeg/OpenCV lines (they were once printed per frame, past the drop log's rate limit)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from ros_probe import Probe, diagnostics_values, start_node, stop_node
+
+    probe = Probe()
+    probe.record(DiagnosticArray, "/diagnostics")
+    node = start_node("perception_fm.nodes.depth_node", "-p", f"weights:={da3_small_checkpoint}",
+                      "-p", "process_res:=56", "-p", "input_qos:=reliable", "-p", "image_transport:=compressed",
+                      "-r", "image/compressed:=/codec_test/image/compressed")
+    try:
+        publisher = probe.publisher(CompressedImage, "/codec_test/image/compressed")
+
+        def values():
+            assert node.poll() is None, "the node process died:\n" + stop_node(node)
+            return diagnostics_values(probe, "depth_node") or {}
+
+        probe.wait_until(lambda: values().get("_message") == "ok", 120, "depth_node reporting a loaded model")
+        probe.wait_until(lambda: publisher.get_subscription_count() > 0, 30, "subscription matched")
+        for sent, frame in enumerate(corrupt_frames(), start=1):  # one at a time: none is lost in a queue
+            publisher.publish(frame)
+            probe.wait_until(lambda: int(values().get("received", 0)) >= sent, 60, f"frame {sent} received")
+
+        def counted():
+            current = values()
+            return sum(int(current.get(key, 0)) for key in ("processed", "dropped_decode", "dropped_stale",
+                                                            "dropped_error")) == 30
+        probe.wait_until(counted, 60, "every frame processed or counted")
+        assert int(values().get("dropped_decode", 0)) >= 1
+    finally:
+        log = stop_node(node)
+        probe.close()
+    raw = [line for line in log.splitlines()
+           if re.match(r"\s*(libpng|Corrupt JPEG|Premature end|\[\s*(WARN|ERROR):\d+@)", line)]
+    assert raw == [], log
+    assert "Traceback" not in log
