@@ -18,3 +18,40 @@ def synchronize(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
+
+
+def device_name() -> tuple[str, bool]:
+    """(name used for bench/results/<name>.json, whether a CUDA GPU is present)."""
+    import os
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(), True
+    return f"cpu-{platform.machine()}-{os.cpu_count()}cores", False
+
+
+def results_path(device: str):
+    from pathlib import Path
+
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in device)
+    return Path("bench") / "results" / f"{name}.json"
+
+
+def save_section(section: str, data) -> str:
+    """Put one benchmark's result into this device's bench/results file as `section` (a suite run's other
+    sections are kept), with the date it was measured under section_dates; returns the path."""
+    import json
+    from datetime import datetime, timezone
+
+    device, gpu = device_name()
+    path = results_path(device)
+    results = json.loads(path.read_text()) if path.exists() else {
+        "device": device, "gpu": gpu, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "scaled_down_for_cpu": not gpu}
+    results[section] = data
+    results.setdefault("section_dates", {})[section] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    return str(path)

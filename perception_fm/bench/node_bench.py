@@ -33,12 +33,18 @@ def _percentiles(values) -> dict:
 class _Harness:
     """A probe node in this process publishing images and timing the node's depth outputs."""
 
-    def __init__(self, frames):
+    def __init__(self, frames, output_type=None, output_topic: str = "/depth/info", camera_info: bool = False,
+                 diagnostics: bool = False):
+        """`output_type` on `output_topic` (default DepthInfo on /depth/info) is the node's per-frame output; it
+        must carry the input's header stamp and an `inference_ms`. With `camera_info`, a CameraInfo (the sample's
+        K) goes to /bench/camera_info before each image, with its stamp. With `diagnostics`, the latest
+        /diagnostics key/values of each status are kept in self.diagnostics (status name -> dict)."""
         import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import Image
+        from sensor_msgs.msg import CameraInfo, Image
 
         from perception_fm.msg import DepthInfo
         from perception_fm.ros.image_codec import numpy_to_image
@@ -48,10 +54,22 @@ class _Harness:
         self.node = rclpy.create_node("node_bench", context=self.context)
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.publisher = self.node.create_publisher(Image, "/bench/image", qos)
+        self.camera_info = None
+        if camera_info:
+            from perception_fm.replay.synthetic import SampleConfig, intrinsics
+            from perception_fm.ros.camera_info import make_camera_info
+
+            height, width = frames[0].shape[:2]
+            self.camera_info = make_camera_info(intrinsics(SampleConfig(width=width, height=height)), width, height)
+            self.info_publisher = self.node.create_publisher(CameraInfo, "/bench/camera_info", qos)
         self.sent: dict[int, float] = {}
         self.received: dict[int, tuple[float, float]] = {}  # stamp -> (receive time, model ms)
         self.lock = threading.Lock()
-        self.node.create_subscription(DepthInfo, "/depth/info", self._on_info, QoSProfile(depth=100))
+        self.node.create_subscription(output_type or DepthInfo, output_topic, self._on_info, QoSProfile(depth=100))
+        self.diagnostics: dict[str, dict] = {}
+        self.diagnostics_received = 0
+        if diagnostics:
+            self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50))
         self.messages = [numpy_to_image(frame, "rgb8") for frame in frames]
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -63,14 +81,32 @@ class _Harness:
         while self._spinning and self.context.ok():
             self.executor.spin_once(timeout_sec=0.05)
 
+    def _on_diagnostics(self, message):
+        with self.lock:
+            for status in message.status:
+                self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
+            self.diagnostics_received += 1
+
+    def publish(self, index: int) -> None:
+        """Frame `index` (cycling through the frames) stamped now, its camera_info first where there is one."""
+        from builtin_interfaces.msg import Time
+
+        message = self.messages[index % len(self.messages)]
+        stamp = time.time_ns()
+        message.header.stamp = Time(sec=stamp // 10**9, nanosec=stamp % 10**9)
+        if self.camera_info is not None:
+            self.camera_info.header.stamp = message.header.stamp
+            self.info_publisher.publish(self.camera_info)
+        with self.lock:
+            self.sent[stamp] = time.perf_counter()
+        self.publisher.publish(message)
+
     def _on_info(self, message):
         stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
         with self.lock:
             self.received[stamp] = (time.perf_counter(), float(message.inference_ms))
 
     def run(self, rate_hz: float, seconds: float) -> dict:
-        from builtin_interfaces.msg import Time
-
         with self.lock:
             self.sent.clear()
             self.received.clear()
@@ -79,11 +115,7 @@ class _Harness:
         for i in range(count):
             target = start + i * period
             time.sleep(max(0.0, target - time.perf_counter()))
-            message = self.messages[i % len(self.messages)]
-            stamp = time.time_ns()
-            message.header.stamp = Time(sec=stamp // 10**9, nanosec=stamp % 10**9)
-            self.sent[stamp] = time.perf_counter()
-            self.publisher.publish(message)
+            self.publish(i)
         time.sleep(2.0)  # the last frames drain
         with self.lock:
             latencies = [(self.received[s][0] - t) * 1e3 for s, t in self.sent.items() if s in self.received]
