@@ -4,6 +4,7 @@ The end-to-end tests speak commands with espeak-ng (Debian package espeak-ng), p
 chunks to a speech node running PocketSphinx constrained to a phrase list, and check the `concepts`
 messages that arrive. The others need no speech synthesiser."""
 import io
+import os
 import shutil
 import subprocess
 import time
@@ -70,8 +71,8 @@ def probe():
     probe.close()
 
 
-def start_speech_node(*extra):
-    return start_node("perception_fm.nodes.speech_node", "-p", f"phrase_list:={PHRASES}", "-p", "input_qos:=reliable",
+def start_speech_node(*extra, phrases=PHRASES):
+    return start_node("perception_fm.nodes.speech_node", "-p", f"phrase_list:={phrases}", "-p", "input_qos:=reliable",
                       "-r", "audio:=/test/audio", "-r", "concepts:=/test/concepts",
                       "-r", "transcript:=/test/transcript", *extra)
 
@@ -210,8 +211,29 @@ def beeps(count: int, rate: int = 16000, seed: int = 0) -> list[np.ndarray]:
              + rng.normal(0, 1e-3, 2 * rate)).astype(np.float32) for _ in range(count)]
 
 
+def expected_transcripts(directory, utterances: list[np.ndarray], prompt: str) -> list[str]:
+    """What the node should publish for these utterances sent as `publish_audio` sends them: the voice-activity
+    detector (default parameters) run over the same S16LE chunks here, each utterance it finds transcribed by
+    transformers alone (test_speech_plugins.whisper_reference, not our plugin) with the phrase list as prompt."""
+    from test_speech_plugins import whisper_reference
+
+    from perception_fm.graph import NodeConfig
+    from perception_fm.speech.audio import decode_audio
+    from perception_fm.speech.vad import EnergyVad, vad_config_from
+
+    vad = EnergyVad(vad_config_from(NodeConfig("speech_node", "speech_node").resolved_parameters()))
+    found = []
+    for audio in utterances:
+        for start in range(0, audio.shape[0], 1600):  # publish_audio's 0.1 s chunks
+            samples, rate = decode_audio(encode_audio(audio[start:start + 1600], 16000))
+            found += vad.feed(samples, rate)
+    assert len(found) == len(utterances)
+    return [whisper_reference(directory, found_one.audio, prompt=prompt) for found_one in found]
+
+
 def test_whisper_node_publishes_a_transcript_per_utterance(probe, tiny_whisper):
-    node = start_speech_node("-p", "model:=whisper", "-p", f"weights:={tiny_whisper}", "-p", "device:=cpu")
+    node = start_speech_node("-p", "model:=whisper", "-p", f"weights:={tiny_whisper}", "-p", "device:=cpu",
+                             phrases="red cup, chair")
     try:
         audio_pub = probe.publisher(AudioData, "/test/audio")
         wait_ready(probe, node, timeout=120)
@@ -219,7 +241,9 @@ def test_whisper_node_publishes_a_transcript_per_utterance(probe, tiny_whisper):
         for chunk in beeps(2):
             publish_audio(audio_pub, chunk, 16000)
         probe.wait_until(lambda: len(probe.received("/test/transcript")) == 2, 60, "two transcripts")
-        assert all(isinstance(m.data, str) for m in probe.received("/test/transcript"))
+        # each utterance's transcript, as transformers decodes it (random weights: garbage, but that garbage)
+        expected = expected_transcripts(tiny_whisper, beeps(2), "red cup, chair.")
+        assert [m.data for m in probe.received("/test/transcript")] == expected and all(expected)
 
         def counted():
             values = diagnostics_values(probe, "speech_node") or {}
@@ -257,17 +281,100 @@ def test_utterances_queue_while_the_model_is_busy_and_the_queue_is_bounded(probe
     assert "Traceback" not in log, log
 
 
-def test_microphone_source_without_portaudio_fails_clearly():
-    try:
-        import sounddevice  # noqa: F401
-    except (ImportError, OSError):
-        pass
-    else:
-        pytest.skip("sounddevice and PortAudio are installed here: the node would open a real microphone")
-    node = start_node("perception_fm.nodes.speech_node", "-p", "source:=microphone")
+def stub_sounddevice(directory, body: str) -> None:
+    """A `sounddevice` package in `directory`, for the node process (put on its PYTHONPATH)."""
+    (directory / "sounddevice").mkdir()
+    (directory / "sounddevice" / "__init__.py").write_text(body)
+
+
+def start_with_stub(monkeypatch, directory, *args, **kwargs):
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(directory), os.environ.get("PYTHONPATH")])))
+    return start_speech_node(*args, **kwargs)
+
+
+def test_microphone_source_without_portaudio_fails_clearly(tmp_path, monkeypatch):
+    # sounddevice's own behaviour when the PortAudio library is missing: OSError at import
+    stub_sounddevice(tmp_path, 'raise OSError("PortAudio library not found")\n')
+    node = start_with_stub(monkeypatch, tmp_path, "-p", "source:=microphone")
     try:
         node.wait(timeout=60)
     finally:
         log = stop_node(node)
-    assert node.returncode == 1
-    assert "sounddevice" in log and "libportaudio2" in log and "Traceback" not in log
+    assert node.returncode == 1, log
+    assert "sounddevice" in log and "libportaudio2" in log and "PortAudio library not found" in log, log
+    assert "Traceback" not in log, log
+
+
+def test_microphone_that_does_not_exist_fails_clearly():
+    """The real sounddevice and PortAudio (scripts/setup.sh installs both), asked for a device no machine has."""
+    try:
+        import sounddevice  # noqa: F401
+    except (ImportError, OSError) as error:  # the package or the system's libportaudio2
+        pytest.skip(f"needs sounddevice with the PortAudio library (libportaudio2): {error}")
+    node = start_speech_node("-p", "source:=microphone", "-p", "microphone_device:=no-such-microphone-h7")
+    try:
+        node.wait(timeout=60)
+    finally:
+        log = stop_node(node)
+    assert node.returncode == 1, log
+    assert "cannot open microphone no-such-microphone-h7" in log and "Traceback" not in log, log
+
+
+MICROPHONE_STUB = """
+import os
+import threading
+
+import numpy as np
+
+AUDIO = np.load(os.environ["STUB_MICROPHONE_AUDIO"])
+
+
+def query_devices(device=None, kind=None):
+    return {"name": "stub", "default_samplerate": 16000.0}
+
+
+class InputStream:
+    \"\"\"Plays AUDIO (16 kHz) once through `callback` in PortAudio's block shape (frames, channels).\"\"\"
+
+    def __init__(self, samplerate, channels, dtype, device, blocksize, callback):
+        if samplerate != 16000 or channels != 1 or dtype != "float32":
+            raise ValueError(f"stub microphone: {samplerate} Hz, {channels} channels, {dtype}")
+        self.blocksize, self.callback = blocksize, callback
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.play, daemon=True)
+
+    def play(self):
+        for start in range(0, AUDIO.size - self.blocksize + 1, self.blocksize):
+            if self.stopped.is_set():
+                return
+            self.callback(AUDIO[start:start + self.blocksize].reshape(-1, 1), self.blocksize, None, None)
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join()
+
+    def close(self):
+        pass
+"""
+
+
+def test_microphone_audio_reaches_the_listener(probe, tmp_path, monkeypatch):
+    """source:=microphone with a stand-in sounddevice whose input stream plays two utterances: they go through
+    the node's voice-activity detector and model like audio from the topic."""
+    stub_sounddevice(tmp_path, MICROPHONE_STUB)
+    np.save(tmp_path / "audio.npy", np.concatenate(beeps(2)))
+    monkeypatch.setenv("STUB_MICROPHONE_AUDIO", str(tmp_path / "audio.npy"))
+    node = start_with_stub(monkeypatch, tmp_path, "-p", "source:=microphone")
+
+    def processed_two():
+        assert node.poll() is None, "the node process died:\n" + stop_node(node)
+        return (diagnostics_values(probe, "speech_node") or {}).get("processed") == "2"
+    try:
+        probe.wait_until(processed_two, 120, "two utterances from the microphone processed")
+        assert len(probe.received("/test/transcript")) == 2
+    finally:
+        log = stop_node(node)
+    assert "listening to microphone (default) at 16000 Hz" in log and "Traceback" not in log, log
