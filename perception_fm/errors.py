@@ -26,6 +26,11 @@ class WeightsMismatchError(PerceptionFmError, ValueError):
     """A checkpoint does not fit the architecture (missing or unexpected keys)."""
 
 
+class WeightsCorruptError(PerceptionFmError, ValueError):
+    """A weight or config file exists but cannot be used: unreadable, not the format it claims, tensors of the
+    wrong shape, or non-finite values. The message is one line naming the file and the problem."""
+
+
 class BadInputError(PerceptionFmError, ValueError):
     """An input message that cannot be processed. `reason` is a short counter key, e.g. 'encoding'."""
 

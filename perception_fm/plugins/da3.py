@@ -25,7 +25,8 @@ import numpy as np
 
 from perception_fm.errors import BadInputError, WeightsMismatchError, WeightsNotFoundError
 from perception_fm.hookspecs import ModelOptions, ModelSpec, Task, hookimpl
-from perception_fm.plugins.weights import hub_snapshot, is_local_path, local_directory, select_device
+from perception_fm.plugins.weights import (check_finite, hub_snapshot, is_local_path, load_safetensors,
+                                          local_directory, read_json_object, select_device)
 from perception_fm.tasks.depth import (
     POSE_CAMERA_HEAD,
     POSE_RAY,
@@ -163,12 +164,29 @@ def resolve_weights(source: str, options: ModelOptions) -> Path:
     return directory
 
 
-def load_state(net, directory: Path) -> None:
-    """Load model.safetensors into `net`; every parameter of the network must come from the file."""
-    from safetensors.torch import load_file
+def read_architecture(directory: Path) -> str:
+    """The registry name in config.json ({"model_name": ...}, as the hub repos and save_pretrained write it)."""
+    config = read_json_object(directory / CONFIG_FILE, "Depth Anything 3 config")
+    name = config.get("model_name")
+    if not isinstance(name, str) or not name:
+        raise WeightsMismatchError(f"{str(directory / CONFIG_FILE)!r} has no \"model_name\" (the architecture, "
+                                   f"e.g. \"da3-small\"); got keys {sorted(config)[:8]}")
+    return name
 
-    state = load_file(str(directory / WEIGHTS_FILE), device="cpu")
+
+def load_state(net, directory: Path) -> None:
+    """Load model.safetensors into `net`; every parameter of the network must come from the file, with the
+    network's shape and finite values."""
+    path = directory / WEIGHTS_FILE
+    state = load_safetensors(path)
     state = {key[len(STATE_PREFIX):] if key.startswith(STATE_PREFIX) else key: value for key, value in state.items()}
+    expected = net.state_dict()
+    wrong = [f"{key} {tuple(value.shape)} where the network has {tuple(expected[key].shape)}"
+             for key, value in state.items() if key in expected and value.shape != expected[key].shape]
+    if wrong:
+        raise WeightsMismatchError(f"{str(path)!r} has {len(wrong)} tensor{'s' * (len(wrong) > 1)} of the wrong "
+                                   f"shape (e.g. {'; '.join(wrong[:3])}): not a checkpoint of this architecture")
+    check_finite(((key, value) for key, value in state.items() if key in expected), repr(str(path)))
     result = net.load_state_dict(state, strict=False)
     # A tied tensor is loaded when any tensor of its group is in the file.
     loaded_through_tie = {key for group in _tied_groups(net) if any(k in state for k in group) for key in group}
@@ -176,7 +194,7 @@ def load_state(net, directory: Path) -> None:
     if missing:
         shown = ", ".join(missing[:8])
         raise WeightsMismatchError(
-            f"{directory / WEIGHTS_FILE} lacks {len(missing)} of the network's tensors "
+            f"{str(path)!r} lacks {len(missing)} of the network's tensors "
             f"(e.g. {shown}); refusing to run with those left random"
         )
     if result.unexpected_keys:
@@ -231,8 +249,7 @@ class Da3DepthModel:
             net, weights = build_network(variant.name), RANDOM_WEIGHTS
         else:
             directory = resolve_weights(options.weights or variant.hub_id, options)
-            config = json.loads((directory / CONFIG_FILE).read_text())
-            architecture = config.get("model_name", variant.name)
+            architecture = read_architecture(directory)
             if architecture != variant.name:
                 raise WeightsMismatchError(
                     f"weights in {str(directory)!r} are for {architecture!r}, but model {variant.name!r} was asked for"

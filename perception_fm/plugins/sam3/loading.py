@@ -3,13 +3,13 @@ writes it (config.json + model.safetensors [or shards + index] + tokenizer files
 or the default architecture with random weights."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from perception_fm.errors import PluginUnavailableError, WeightsMismatchError, WeightsNotFoundError
 from perception_fm.hookspecs import ModelOptions
-from perception_fm.plugins.weights import hub_snapshot, is_local_path, local_directory
+from perception_fm.plugins.weights import (check_finite, check_safetensors, hub_snapshot, is_local_path,
+                                          local_directory, one_line, read_json_object)
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +67,28 @@ def load_network(directory: Path, image_size: int = 0):
     import torch
     from transformers import Sam3VideoConfig, Sam3VideoModel
 
-    try:
-        raw = json.loads((directory / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as error:
-        raise WeightsNotFoundError(f"{directory / CONFIG_FILE} cannot be read: {error}") from error
+    raw = read_json_object(directory / CONFIG_FILE, "SAM 3 config")
     model_type = raw.get("model_type")
     if model_type != VIDEO_MODEL_TYPE:
         raise WeightsMismatchError(
             f"{directory / CONFIG_FILE} is a {model_type!r} checkpoint; the sam3 plugin needs a SAM 3 video "
             f"checkpoint (model_type {VIDEO_MODEL_TYPE!r}: detector + tracker, e.g. {HUB_ID})"
         )
-    config = Sam3VideoConfig.from_pretrained(directory)
+    for path in _weight_files(directory):  # transformers' own errors for a damaged file are not one clear line
+        check_safetensors(path)
+    try:
+        config = Sam3VideoConfig.from_pretrained(directory)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+        raise WeightsMismatchError(f"SAM 3 config {str(directory / CONFIG_FILE)!r} does not describe a SAM 3 "
+                                   f"video model: {one_line(error)}") from error
     if image_size:
         apply_image_size(config, image_size)
     try:
         network, info = Sam3VideoModel.from_pretrained(
             directory, config=config, output_loading_info=True, local_files_only=True, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as error:
-        raise WeightsMismatchError(f"SAM 3 checkpoint in {str(directory)!r} does not load: {error}") from error
+        raise WeightsMismatchError(f"SAM 3 checkpoint in {str(directory)!r} does not load: {one_line(error)}") \
+            from error
     missing = sorted(info.get("missing_keys") or [])
     mismatched = [str(item) for item in (info.get("mismatched_keys") or [])]
     if missing or mismatched:
@@ -97,11 +101,28 @@ def load_network(directory: Path, image_size: int = 0):
             f"SAM 3 checkpoint in {str(directory)!r} {' and '.join(problems)}; refusing to run with those left "
             "random"
         )
+    check_finite(network.state_dict().items(), f"SAM 3 checkpoint in {str(directory)!r}")
     unexpected = sorted(info.get("unexpected_keys") or [])
     if unexpected:
         log.warning("SAM 3 checkpoint in %s has %d tensors the network does not use (ignored), e.g. %s",
                     directory, len(unexpected), ", ".join(unexpected[:6]))
     return network
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: model.safetensors, or the shards its index lists."""
+    if (directory / WEIGHTS_FILE).is_file():
+        return [directory / WEIGHTS_FILE]
+    index = read_json_object(directory / WEIGHTS_INDEX, "SAM 3 shard index")
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise WeightsMismatchError(f"SAM 3 shard index {str(directory / WEIGHTS_INDEX)!r} has no weight_map")
+    shards = sorted({directory / str(name) for name in weight_map.values()})
+    absent = [shard.name for shard in shards if not shard.is_file()]
+    if absent:
+        raise WeightsNotFoundError(f"SAM 3 weights {str(directory)!r} lack the shards {', '.join(absent[:4])} "
+                                   f"listed in {WEIGHTS_INDEX}")
+    return shards
 
 
 def random_network(device: str, image_size: int = 0):
