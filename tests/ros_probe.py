@@ -3,6 +3,7 @@ inputs and records what comes back over DDS."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,21 +20,33 @@ LATCHED = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, durabilit
                      history=HistoryPolicy.KEEP_LAST)
 
 
-def start_node(module: str, *ros_args: str) -> subprocess.Popen:
-    """`python -m module --ros-args ...` in its own process (stdout/stderr to a temp log)."""
+def start_node(module: str, *ros_args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m module --ros-args ...` (or `python script.py --ros-args ...` when `module` ends in .py) in its
+    own process (stdout/stderr to a temp log); `env` adds to this process's environment."""
     log = open(os.path.join(os.environ.get("PYTEST_TMP", "/tmp"), f"node_{os.getpid()}_{time.time_ns()}.log"), "w+")
-    process = subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], stdout=log,
-                               stderr=subprocess.STDOUT, env=os.environ.copy())
+    target = [module] if module.endswith(".py") else ["-m", module]
+    process = subprocess.Popen([sys.executable, *target, "--ros-args", *ros_args], stdout=log,
+                               stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     process.log = log
     return process
 
 
-def stop_node(process: subprocess.Popen) -> str:
-    """Stop with SIGINT (as ros2 launch does) and return the node's log."""
+def node_log(process: subprocess.Popen) -> str:
+    """What the node has written so far."""
+    if process.log.closed:
+        return process.log_text
+    process.log.flush()
+    with open(process.log.name) as log:
+        return log.read()
+
+
+def stop_node(process: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60.0) -> str:
+    """Stop with `sig` (SIGINT as ros2 launch does) and return the node's log. A node that has not exited
+    after `timeout` s is killed (process.returncode is then -9)."""
     if process.poll() is None:
-        process.send_signal(2)
+        process.send_signal(sig)
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -97,8 +110,12 @@ class Probe:
         raise AssertionError(f"{what} not met within {timeout} s")
 
     def close(self):
+        """Stop spinning, and only then destroy the node and the context (never under a running spin)."""
         self._running = False
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=60)  # spin_once returns within 0.05 s; a loaded machine may take longer
+        assert not self._thread.is_alive(), "the probe's spin thread did not stop"
+        self.executor.remove_node(self.node)
+        self.executor.shutdown(timeout_sec=0)
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
 

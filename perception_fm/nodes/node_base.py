@@ -4,9 +4,17 @@ slot and its worker thread, drop counting, and /diagnostics.
 Threading: subscription callbacks only store messages (cheap, never blocking on the model); one worker
 thread loads the model, then takes the newest frame, runs the model and publishes. A frame arriving while
 the worker is busy replaces the waiting one, which is counted as dropped_stale.
+
+Stopping (SIGINT or SIGTERM, at any moment): run_node stops spinning, then destroy_node closes the publish gate
+(every publisher of the node publishes through it, so no publish can touch a handle being destroyed), tells the
+worker to stop and waits a bounded time for it. A worker still inside a long model load is a daemon thread and
+does not hold the process: the node exits 0 without a traceback.
 """
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -16,6 +24,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
+from rclpy.publisher import Publisher
 from std_srvs.srv import Trigger
 
 from perception_fm.core.latest import LatestSlot
@@ -28,6 +37,8 @@ from perception_fm.plugin_manager import default_manager
 
 MODEL_PARAM_NAMES = {param.name for param in MODEL_PARAMS}
 DROP_LOG_PERIOD_S = 5.0
+WORKER_STOP_WAIT_S = 3.0  # how long destroy_node lets a frame in flight finish before it goes on without it
+SPIN_POLL_S = 0.1  # the executor wakes this often to see a stop request (a Python signal handler runs only then)
 
 
 def model_options(values: dict[str, Any], extra_names: tuple[str, ...] = ()) -> ModelOptions:
@@ -37,6 +48,34 @@ def model_options(values: dict[str, Any], extra_names: tuple[str, ...] = ()) -> 
         random_weights=values["random_weights"],
         extra={"precision": values["precision"], **{name: values[name] for name in extra_names}},
     )
+
+
+class _PublishGate:
+    """Shared by the publishers of one node: once closed, publish() is a no-op, and closing waits for a publish
+    in progress, so the worker can never publish on a handle destroy_node is destroying."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+
+class GatedPublisher(Publisher):
+    """rclpy's Publisher whose publish() passes through the node's _PublishGate."""
+
+    gate: _PublishGate | None = None
+
+    def publish(self, msg) -> None:
+        gate = self.gate
+        if gate is None:
+            super().publish(msg)
+            return
+        with gate.lock:
+            if not gate.closed:
+                super().publish(msg)
 
 
 class _WorkerCall:
@@ -59,6 +98,7 @@ class ModelNode(Node):
     keyed_queue: bool = False  # items with the same `key` replace each other in the queue (one job per track)
 
     def __init__(self, node_name: str, **kwargs):
+        self._publish_gate = _PublishGate()  # before Node.__init__, which creates publishers already
         super().__init__(node_name, **kwargs)
         self._param_table = {param.name: param for param in MODEL_PARAMS + self.params}
         self._param_table["model"] = self._model_param()
@@ -72,6 +112,7 @@ class ModelNode(Node):
         self._calls_lock = threading.Lock()
         self._reported_drops: dict[str, int] = {}
         self._reload = threading.Event()
+        self._reload.set()  # the worker's first turn loads the model
         self._reconfigure = threading.Event()
         self._stop = threading.Event()
         self.add_on_set_parameters_callback(self._check_parameters)
@@ -80,6 +121,14 @@ class ModelNode(Node):
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_timer(1.0, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name=f"{node_name}_worker", daemon=True)
+
+    def create_publisher(self, *args, **kwargs):
+        """Every publisher of a model node (tf2's broadcasters included) goes through the publish gate."""
+        kwargs.setdefault("publisher_class", GatedPublisher)
+        publisher = super().create_publisher(*args, **kwargs)
+        if isinstance(publisher, GatedPublisher):
+            publisher.gate = self._publish_gate
+        return publisher
 
     def start(self) -> None:
         """Start the worker (loads the model, then processes frames). Subclasses call it last in __init__."""
@@ -134,11 +183,13 @@ class ModelNode(Node):
         try:
             model = default_manager().create(self.task, name, model_options(self.values, self.model_extra_params))
             self.reconfigure_with(model)
-        except (PerceptionFmError, ValueError, ImportError, OSError, RuntimeError) as error:
-            self.model_error = f"{type(error).__name__}: {error}"
+        except Exception as error:  # whatever a plugin or a damaged file raises, the node stays up and says why
+            self.model_error = f"{type(error).__name__}: {' '.join(str(error).split()).rstrip('.')}"
+            expected = isinstance(error, (PerceptionFmError, ValueError, ImportError, OSError, RuntimeError))
             self.get_logger().error(
-                f"{self.task} model {name!r} could not be configured: {error}. The node stays up without a "
-                f"model; fix the parameters (ros2 param set) or call ~/reload_model."
+                f"{self.task} model {name!r} could not be configured: {self.model_error}. The node stays up "
+                "without a model; fix the parameters (ros2 param set) or call ~/reload_model."
+                + ("" if expected else f"\n{traceback.format_exc()}")  # an unexpected error: a bug to report
             )
             return
         self.model = model
@@ -192,39 +243,51 @@ class ModelNode(Node):
             call.done.set()
 
     def _work(self) -> None:
-        self._load_model()
         while not self._stop.is_set() and rclpy.ok(context=self.context):
-            if self._reload.is_set():
-                self._reload.clear()
-                self._reconfigure.clear()
-                self._load_model()
-            if self._reconfigure.is_set() and self.model is not None:
-                self._reconfigure.clear()
-                try:
-                    self.reconfigure_with(self.model)
-                except ValueError as error:
-                    self.get_logger().error(f"parameters rejected: {error}")
-            self._run_calls()
-            item = self._slot.take(timeout=0.05)
-            if item is None:
-                continue
-            if self.model is None:
-                self.stats.drop("no_model")
-                continue
-            started = time.perf_counter()
             try:
-                inference_ms = self.process(item)
-            except BadInputError as error:
-                self.stats.drop(error.reason)
-                self._log_drop(error.reason, f"dropped a frame ({error.reason}): {error}")
-            except Exception as error:  # a bug or a model failure must not kill the node
+                self._work_step()
+            except Exception as error:  # the node's only model thread outlives any bug (the node reports it)
+                if self._stop.is_set():
+                    return  # stopping: handles may be gone; nothing to report
                 self.stats.drop("error")
-                self._log_drop("error", f"frame failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
+                self._log_drop("error", f"worker error: {type(error).__name__}: {error}\n{traceback.format_exc()}")
+
+    def _work_step(self) -> None:
+        """One turn of the worker: a (re)load of the model when asked (the first turn always), a
+        reconfiguration, queued calls, then at most one frame."""
+        if self._reload.is_set():
+            self._reload.clear()
+            self._reconfigure.clear()
+            self._load_model()
+        if self._reconfigure.is_set() and self.model is not None:
+            self._reconfigure.clear()
+            try:
+                self.reconfigure_with(self.model)
+            except ValueError as error:
+                self.get_logger().error(f"parameters rejected: {error}")
+        self._run_calls()
+        item = self._slot.take(timeout=0.05)
+        if item is None or self._stop.is_set():
+            return
+        if self.model is None:
+            self.stats.drop("no_model")
+            return
+        started = time.perf_counter()
+        try:
+            inference_ms = self.process(item)
+        except BadInputError as error:
+            self.stats.drop(error.reason)
+            self._log_drop(error.reason, f"dropped a frame ({error.reason}): {error}")
+        except Exception as error:  # a bug or a model failure must not kill the node
+            if self._stop.is_set():
+                return  # a frame cut short by the node stopping is no failure
+            self.stats.drop("error")
+            self._log_drop("error", f"frame failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
+        else:
+            if inference_ms is None:
+                self.stats.event("skipped")
             else:
-                if inference_ms is None:
-                    self.stats.event("skipped")
-                else:
-                    self.stats.done((time.perf_counter() - started) * 1e3, inference_ms)
+                self.stats.done((time.perf_counter() - started) * 1e3, inference_ms)
 
     def _log_drop(self, reason: str, text: str) -> None:
         """Log a dropped frame at most every DROP_LOG_PERIOD_S per reason (counters stay exact), so a bad
@@ -260,32 +323,68 @@ class ModelNode(Node):
         message.status = [status]
         self._diagnostics.publish(message)
 
+    def worker_busy(self) -> bool:
+        """True while the worker thread is still running (after destroy_node: it did not stop in time)."""
+        return self._worker.is_alive()
+
     def destroy_node(self) -> None:
+        """The stop handshake: no publish from here on, the worker told to stop and given WORKER_STOP_WAIT_S to
+        finish a frame in flight; a worker still busy (a long model load) is left to die with the process."""
         self._stop.set()
+        self._publish_gate.close()
         self._slot.close()
         if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+            self._worker.join(timeout=WORKER_STOP_WAIT_S)
+        if self._worker.is_alive():
+            self.get_logger().info("stopping while the worker is still busy (loading the model or in a frame); "
+                                   "not waiting for it")
         super().destroy_node()
 
 
 def run_node(node_class, args=None) -> int:
-    """Entry point used by every node executable: init, spin until Ctrl-C, clean up."""
-    from rclpy.executors import ExternalShutdownException
+    """Entry point used by every node executable: init, spin until SIGINT or SIGTERM, clean up, return 0
+    (2 for a bad parameter).
+
+    The signal handlers are ours, not rclpy's: rclpy's handler shuts the context down from the signal while the
+    executor may be building its wait set ("RCLError: failed to initialize wait set: the given context is not
+    valid"). Here a signal only sets a flag; the spin loop sees it within SPIN_POLL_S, the node is destroyed
+    (ModelNode.destroy_node's stop handshake), and only then is the context shut down."""
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     from perception_fm.nodes.params import ParameterError
 
     tune_malloc()  # steady per-frame buffers without page-fault storms (see perception_fm.core.memory)
-    rclpy.init(args=args)
+    stop = threading.Event()
+    previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
+    node = None
     try:
-        node = node_class()  # starts its worker at the end of its constructor
-    except ParameterError:  # a bad -p / params-file value: params.declare logged it as one line
-        rclpy.try_shutdown()
-        return 2
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        try:
+            node = node_class()  # starts its worker at the end of its constructor
+        except ParameterError:  # a bad -p / params-file value: params.declare logged it as one line
+            return 2
+        executor = SingleThreadedExecutor(context=node.context)
+        executor.add_node(node)
+        try:
+            while not stop.is_set() and rclpy.ok(context=node.context):
+                executor.spin_once(timeout_sec=SPIN_POLL_S)
+        except ExternalShutdownException:
+            pass
+        finally:
+            executor.remove_node(node)
+            executor.shutdown(timeout_sec=0)
     finally:
-        node.destroy_node()
+        if node is not None:
+            node.destroy_node()
         rclpy.try_shutdown()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if node is not None and node.worker_busy():
+        # The worker is still inside torch (a model load or a long frame). Interpreter finalisation would tear
+        # down torch's C++ state under it ("terminate called without an active exception", SIGABRT); the node
+        # is destroyed and the context shut down, so end the process here, as a finished node would.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
