@@ -1,4 +1,6 @@
 """ConceptTracker's decisions, driven by a scripted session (tests/scripted_segmentation.py)."""
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -146,12 +148,29 @@ def test_tracker_state_stays_bounded_over_a_long_stream():
     hidden = {f: {1, 2} for f in range(2000) if (f // 30) % 2}
     session = ScriptedSession(hidden=hidden)
     tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=2, keep_alive=5))
-    sizes = []
     concept_set = concepts_for("red ball", "blue box")
-    for n in range(600):
-        tracker.step(FRAMES[n % len(FRAMES)].rgb, concept_set.snapshot())
-        sizes.append(len(tracker.tracks))
-    assert max(sizes) <= 2 and tracker._next_id > 10
+    created = removed = 0
+    live, held_by_model = [], []
+    tracemalloc.start()
+    try:
+        for n in range(600):
+            out = tracker.step(FRAMES[n % len(FRAMES)].rgb, concept_set.snapshot())
+            created, removed = created + len(out.started), removed + len(out.removed)
+            live.append(len(tracker.tracks))
+            assert created - removed == live[-1]  # what the frames report started and removed
+            held_by_model.append(len(session.objects))  # objects the model's session still tracks
+            if n == 299:
+                halfway = tracemalloc.take_snapshot()
+        end = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert created > 10 and max(live) <= 2 and max(held_by_model) <= 2
+    # Python memory still held by the tracker's code: no growth over the second 300 frames (a list or dict
+    # growing by one small entry per frame would add >= 300 * 56 bytes)
+    mine = [tracemalloc.Filter(True, "*/pipelines/concept_tracker.py")]
+    growth = sum(stat.size_diff for stat in end.filter_traces(mine).compare_to(halfway.filter_traces(mine),
+                                                                               "filename"))
+    assert growth < 4096, growth
 
 
 def test_concept_set_validation_and_grammar():
