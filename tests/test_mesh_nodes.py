@@ -1,7 +1,6 @@
 """object_mesh_node and body_node in their own processes over DDS, with stand-in models loaded as a
 third-party plugin through the perception_fm entry-point group (tests/scripted_meshes.py)."""
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +61,10 @@ def image_and_instances(stamp_ns, ids, concepts):
     return image, array
 
 
+def handled(probe, name):
+    return diagnostics_values(probe, name) or {}
+
+
 def test_object_mesh_node_lifts_tracks_places_them_in_odom_and_exports(plugin_env, probe, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
 
@@ -69,8 +72,10 @@ def test_object_mesh_node_lifts_tracks_places_them_in_odom_and_exports(plugin_en
     probe.record(ObjectMesh, "/objects")
     probe.record(MarkerArray, "/objects/markers", LATCHED)
     probe.record(TFMessage, "/tf_static", LATCHED)
+    # image_wait long: the instances wait for their image and TF whatever the arrival order and the load
     node = start_node("perception_fm.nodes.object_mesh_node", "-p", "model:=scripted-objects", "-p",
-                      "min_mask_area:=20", "-p", "fixed_frame:=odom", "-p", "input_qos:=reliable")
+                      "min_mask_area:=20", "-p", "fixed_frame:=odom", "-p", "input_qos:=reliable",
+                      "-p", "image_wait:=60.0")
     try:
         wait_ready(probe, node, "object_mesh_node")
         tf = probe.publisher(TFMessage, "/tf")
@@ -80,15 +85,13 @@ def test_object_mesh_node_lifts_tracks_places_them_in_odom_and_exports(plugin_en
                          and tf.get_subscription_count(), 30, "subscriptions matched")
         stamp = FRAME.stamp_ns
         camera_pose = FRAME.camera_to_world
-        for _ in range(3):  # TF arrives around the image
-            tf.publish(TFMessage(transforms=[make_transform(camera_pose, "odom", SAMPLE.camera_frame,
-                                                            ns_to_time(stamp + dt)) for dt in (-10**8, 10**8)]))
-        time.sleep(0.3)
-        image, array = image_and_instances(stamp, (4, 7), {4: "green cylinder", 7: "grey cabinet"})
+        tracks = {4: "green cylinder", 7: "grey cabinet"}
+        image, array = image_and_instances(stamp, (4, 7), tracks)
+        instances.publish(array)  # the instances first, then TF, then their image: paired all the same
+        tf.publish(TFMessage(transforms=[make_transform(camera_pose, "odom", SAMPLE.camera_frame,
+                                                        ns_to_time(stamp + dt)) for dt in (-2 * 10**8, 2 * 10**8)]))
         images.publish(image)
-        time.sleep(0.1)
-        instances.publish(array)
-        probe.wait_until(lambda: len(probe.received("/objects")) == 2, 30, "two objects")
+        probe.wait_until(lambda: len(probe.received("/objects")) == 2, 60, "two objects")
         objects = {m.id: m for m in probe.received("/objects")}
         assert objects[4].header.frame_id == "odom" and objects[4].concept == "green cylinder"
         placed = probe.wait_for("/tf_static", lambda m: {t.child_frame_id for t in m.transforms} >= {"object_4",
@@ -101,9 +104,18 @@ def test_object_mesh_node_lifts_tracks_places_them_in_odom_and_exports(plugin_en
                                    atol=1e-6)
         markers = probe.wait_for("/objects/markers", lambda m: len(m.markers) == 5)
         assert {m.header.frame_id for m in markers.markers if m.type == m.TRIANGLE_LIST} == {"object_4", "object_7"}
-        # the same tracks again: nothing is lifted twice
-        instances.publish(image_and_instances(stamp + 10**8, (4, 7), {4: "green cylinder", 7: "grey cabinet"})[1])
-        time.sleep(1.0)
+
+        # the same tracks again, with their image: selected, and nothing is lifted twice. Lift jobs are
+        # counted (`received`) while the array is selected, before instance_arrays is: once it says 2, the
+        # job count is final
+        image, array = image_and_instances(stamp + 10**8, (4, 7), tracks)
+        images.publish(image)  # this time the image first
+        instances.publish(array)
+        probe.wait_until(lambda: handled(probe, "object_mesh_node").get("count_instance_arrays") == "2", 60,
+                         "the second array selected")
+        values = handled(probe, "object_mesh_node")
+        assert values["received"] == "2" and "count_no_image_for_instances" not in values, values
+        assert "count_no_fixed_frame_tf" not in values, values
         assert len(probe.received("/objects")) == 2
 
         client = probe.node.create_client(ExportScene, "/object_mesh_node/export_scene")
@@ -124,7 +136,7 @@ def test_body_node_publishes_bodies_markers_and_person_frames(plugin_env, probe)
     probe.record(MarkerArray, "/bodies/markers")
     probe.record(TFMessage, "/tf")
     node = start_node("perception_fm.nodes.body_node", "-p", "model:=scripted-body", "-p", "min_box_area:=1",
-                      "-p", "person_concepts:=red ball", "-p", "input_qos:=reliable")
+                      "-p", "person_concepts:=red ball", "-p", "input_qos:=reliable", "-p", "image_wait:=60.0")
     try:
         wait_ready(probe, node, "body_node")
         images = probe.publisher(Image, "/image")
@@ -132,13 +144,18 @@ def test_body_node_publishes_bodies_markers_and_person_frames(plugin_env, probe)
         probe.wait_until(lambda: images.get_subscription_count() and instances.get_subscription_count(), 30,
                          "subscriptions matched")
         for k in range(3):
-            image, array = image_and_instances(FRAME.stamp_ns + k * 10**8, (1,), {1: "red ball"})
-            images.publish(image)
-            time.sleep(0.1)
-            instances.publish(array)
-            time.sleep(0.3)
+            stamp = FRAME.stamp_ns + k * 10**8
+            image, array = image_and_instances(stamp, (1,), {1: "red ball"})
+            if k % 2:  # both arrival orders: the instances wait for their image
+                instances.publish(array)
+                images.publish(image)
+            else:
+                images.publish(image)
+                instances.publish(array)
+            probe.wait_for("/bodies", lambda m, s=stamp: m.header.stamp == ns_to_time(s))  # one frame at a time
         bodies = probe.wait_for("/bodies", lambda m: m.smoothed)
         assert bodies.track_id == 1 and bodies.header.frame_id == SAMPLE.camera_frame and len(bodies.joints) == 5
+        assert len(probe.received("/bodies")) == 3
         markers = probe.wait_for("/bodies/markers")
         assert any(m.ns == "body_mesh" and m.points for m in markers.markers)
         frame = probe.wait_for("/tf", lambda m: any(t.child_frame_id == "person_1" for t in m.transforms))

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from perception_fm.core.stamp_pairing import PairedInput, StampPairer
+from perception_fm.core.stamp_pairing import PairedCondition, PairedInput, StampPairer
 
 MS = 1_000_000
 
@@ -163,3 +163,31 @@ def test_same_stamp_again_replaces_the_stored_message():
     pairer.add("camera_info", 1, "new")  # e.g. a bag played twice
     [paired] = pairer.add_frame(1, "f1")
     assert paired.inputs == {"camera_info": "new"}
+
+
+def test_a_condition_is_waited_for_like_an_input_and_rechecked_on_poll():
+    tf_ready = set()
+    clock, events = Clock(), Counter()
+    pairer = StampPairer([PairedInput("image", wait_s=1.0)], clock, on_event=lambda name: events.update([name]),
+                         conditions=(PairedCondition("tf", lambda stamp, inputs: inputs["image"] is not None
+                                                     and stamp in tf_ready, wait_s=1.0),))
+    pairer.expect("image", True)
+    assert pairer.add_frame(1, "a1") == [] and pairer.add("image", 1, "i1") == []  # TF not there yet
+    clock.now = 10 * MS
+    assert pairer.poll() == []
+    tf_ready.add(1)  # TF arrives on its own topic: the next poll releases the frame
+    [paired] = pairer.poll()
+    assert paired.inputs == {"image": "i1"} and not events
+    pairer.add_frame(2, "a2")
+    pairer.add("image", 2, "i2")
+    clock.now += 10**9 + 1
+    [paired] = pairer.poll()  # timed out without TF: released, not counted here (the user of TF counts)
+    assert paired.frame == "a2" and not events
+
+
+def test_a_required_input_is_waited_for_even_before_its_first_message():
+    pairer, clock, events, _ = make(PairedInput("image", wait_s=0.2, required=True, missing_event="no_image"))
+    pairer.expect("image", False)  # no publisher seen: still waited for, the frame is useless without it
+    assert pairer.add_frame(3, "array3") == []
+    [paired] = pairer.add("image", 3, "image3")
+    assert paired.inputs == {"image": "image3"} and not events

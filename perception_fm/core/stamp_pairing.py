@@ -18,7 +18,7 @@ perception_fm.ros.*_io, which build their pairer here):
 - memory is bounded: `capacity` messages per input, `max_pending` waiting frames (the oldest is dropped
   beyond that, counted `on_drop("stale")`).
 
-An input is waited for when it is expected: `expect(name, True/False)` says so explicitly (the replay knows
+An input is waited for when it is `required`, or when it is expected: `expect(name, True/False)` says so explicitly (the replay knows
 the bag's topics; a live node sees whether the topic has publishers); with no word (None) an input is
 expected once one message of it has arrived, so a stream without that topic pays no waiting.
 """
@@ -37,6 +37,7 @@ class PairedInput:
     latest_fallback: bool = False  # missing at the frame's stamp: use the newest message (counted)
     capacity: int = 16  # messages kept (by stamp); the oldest stored goes first
     missing_event: str = ""  # counted when a frame goes on without this input (default no_<name>)
+    required: bool = False  # always waited for (a frame is useless without it), whatever `expect` says
 
     @property
     def missing(self) -> str:
@@ -45,6 +46,16 @@ class PairedInput:
     @property
     def latest_used(self) -> str:
         return f"{self.name}_latest_used"
+
+
+@dataclass(frozen=True)
+class PairedCondition:
+    """Something else a frame waits for, checked on every poll: `ready(stamp_ns, inputs)` (inputs of the
+    frame's stamp that are here, by name), e.g. TF at the frame's stamp, as tf2's message filter waits. Not
+    counted here when it times out: whoever needs it counts (e.g. no_fixed_frame_tf)."""
+    name: str
+    ready: Callable[[int, dict], bool]
+    wait_s: float = 0.0
 
 
 @dataclass
@@ -71,14 +82,16 @@ class StampPairer:
 under the pairer's lock: they must not call back into it (counting into NodeStats or a Counter is fine)."""
 
     def __init__(self, inputs: list[PairedInput] | tuple[PairedInput, ...], clock: Callable[[], int], *,
-                 max_pending: int = 32, on_event: Callable[[str], None] = lambda name: None,
+                 conditions: tuple[PairedCondition, ...] = (), max_pending: int = 32,
+                 on_event: Callable[[str], None] = lambda name: None,
                  on_drop: Callable[[str], None] = lambda reason: None):
         self.inputs = {spec.name: spec for spec in inputs}
+        self.conditions = {condition.name: condition for condition in conditions}
         self._clock = clock
         self._max_pending = max(1, int(max_pending))
         self._on_event = on_event
         self._on_drop = on_drop
-        self._waits_ns = {name: int(spec.wait_s * 1e9) for name, spec in self.inputs.items()}
+        self._waits_ns = {name: int(spec.wait_s * 1e9) for name, spec in {**self.inputs, **self.conditions}.items()}
         self._messages: dict[str, OrderedDict[int, Any]] = {name: OrderedDict() for name in self.inputs}
         self._latest: dict[str, Any] = {name: None for name in self.inputs}
         self._expected: dict[str, bool | None] = {name: None for name in self.inputs}
@@ -132,12 +145,19 @@ under the pairer's lock: they must not call back into it (counting into NodeStat
     # -- internals (under the lock) -----------------------------------------------------------------------
 
     def _is_expected(self, name: str) -> bool:
+        if self.inputs[name].required:
+            return True
         expected = self._expected[name]
         return self._latest[name] is not None if expected is None else expected
 
     def _missing(self, entry: _Pending) -> list[str]:
-        return [name for name in self.inputs
-                if entry.stamp_ns not in self._messages[name] and self._is_expected(name)]
+        missing = [name for name in self.inputs
+                   if entry.stamp_ns not in self._messages[name] and self._is_expected(name)]
+        if self.conditions and not missing:  # conditions may look at the inputs: checked once those are here
+            here = {name: self._messages[name].get(entry.stamp_ns) for name in self.inputs}
+            missing += [name for name, condition in self.conditions.items()
+                        if not condition.ready(entry.stamp_ns, here)]
+        return missing
 
     def _release(self, now: int, final: bool) -> list[Paired]:
         pending = self._pending

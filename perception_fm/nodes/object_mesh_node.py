@@ -45,11 +45,12 @@ class ObjectMeshNode(ModelNode):
     def __init__(self, **kwargs):
         super().__init__("object_mesh_node", **kwargs)
         input_qos = qos_profile(self.values["input_qos"])
-        # instances wait for the image, camera_info and depth of their stamp in the shared pairer (as in the
-        # replay); callbacks only store, the pairing timer releases arrays whose wait is over
+        # instances wait for the image, camera_info, depth and TF of their stamp in the shared pairer (as in
+        # the replay); callbacks only store, the pairing timer releases arrays whose wait is over
+        self._tf_listener = TfListener(self)
         self._pairing = LivePairing(self, pairing.instances_pairer(
             self.values, live_clock, use_depth=self.values["use_depth"], on_event=self.stats.event,
-            on_drop=self._pairing_drop), self._on_paired)
+            on_drop=self._pairing_drop, tf_lookup=self._tf_listener.lookup), self._on_paired)
         if self.values["image_transport"] == "compressed":
             self._pairing.subscribe(pairing.IMAGE, CompressedImage, "image/compressed", input_qos)
         else:
@@ -62,7 +63,6 @@ class ObjectMeshNode(ModelNode):
         self._objects = self.create_publisher(ObjectMesh, io.TOPIC_OBJECTS, RELIABLE)
         self._markers = self.create_publisher(MarkerArray, io.TOPIC_MARKERS, qos_profile("transient_local"))
         self._tf_publisher = TfPublisher(self)
-        self._tf_listener = TfListener(self)
         self.create_service(LiftObject, "~/lift_object", self._lift_object)
         self.create_service(ExportScene, "~/export_scene", self._export_scene)
         self.handler: io.ObjectMeshHandler | None = None

@@ -329,7 +329,8 @@ class InstancesReplay(ReplayNode):
         self.camera_info_topic = self.node.topic("camera_info")
         self.setup_handler()
         self.pairer = pairing.instances_pairer(self.values, self.clock, use_depth=self.use_depth,
-                                               on_event=self.count_event, on_drop=self.count_drop)
+                                               on_event=self.count_event, on_drop=self.count_drop,
+                                               tf_lookup=self.tf.lookup)
         self.feeds(pairing.IMAGE, self.image_topic)
         self.feeds(pairing.CAMERA_INFO, self.camera_info_topic)
         if self.use_depth:

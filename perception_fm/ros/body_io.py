@@ -37,7 +37,7 @@ BODY_PARAMS = (
     Param("publish_tf", True, "Publish TF <image frame> -> person_<id> at each person's root joint (oriented "
                               "like the root where the model reports it, else like the camera)."),
     Param("image_wait", 0.2, "Seconds instances wait for the image and camera_info of their stamp (without "
-                             "the image they are not used, counted no_image_for_instances).", min=0.0, max=5.0),
+                             "the image they are not used, counted no_image_for_instances).", min=0.0, max=60.0),
     Param("image_transport", "raw", "raw: `image`; compressed: `image/compressed`.", choices=("raw", "compressed"),
           read_only=True),
     Param("input_qos", "sensor_data", "QoS of the image subscription.", choices=PROFILES, read_only=True),

@@ -56,7 +56,7 @@ DEPTH_PARAMS = (
     Param("known_pose_frame", "", "Frame in which the camera's pose is known from TF (e.g. odom); empty = none."),
     Param("camera_info_wait", 0.05, "Seconds an image waits for the camera_info of its own stamp (in any arrival "
                                     "order); then the newest camera_info is used (counted as "
-                                    "camera_info_latest_used).", min=0.0, max=5.0),
+                                    "camera_info_latest_used).", min=0.0, max=60.0),
     Param("known_pose_timeout", 0.05, "Seconds to wait for TF at the image stamp before going on without it.",
           min=0.0, max=5.0),
     # transport

@@ -44,9 +44,10 @@ OBJECT_PARAMS = (
     Param("use_depth", False, "Condition the layout on depth/image + depth/camera_info (a pointmap), e.g. from "
                               "depth_node.", read_only=True),
     Param("depth_wait", 0.2, "Seconds instances wait for the depth frame of their stamp (then go on without "
-                             "depth, counted no_depth).", min=0.0, max=5.0),
-    Param("image_wait", 0.2, "Seconds instances wait for the image and camera_info of their stamp (without "
-                             "the image they are not used, counted no_image_for_instances).", min=0.0, max=5.0),
+                             "depth, counted no_depth).", min=0.0, max=60.0),
+    Param("image_wait", 0.2, "Seconds instances wait for the image and camera_info of their stamp, and for TF "
+                             "fixed_frame <- camera at it (without the image they are not used, counted "
+                             "no_image_for_instances; without TF see fixed_frame).", min=0.0, max=60.0),
     Param("fixed_frame", "odom", "Frame objects are placed in, from TF at the lifted stamp. Empty, or no TF: "
                                  "the camera frame at that moment."),
     Param("export_dir", "", "Also write each object's mesh (GLB) here; markers then use MESH_RESOURCE."),

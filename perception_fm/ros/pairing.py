@@ -9,7 +9,7 @@ from typing import Callable
 
 from rclpy.clock import Clock, ClockType
 
-from perception_fm.core.stamp_pairing import Paired, PairedInput, StampPairer
+from perception_fm.core.stamp_pairing import Paired, PairedCondition, PairedInput, StampPairer
 from perception_fm.ros.tf import stamp_to_ns
 
 POLL_PERIOD_S = 0.01  # how late a timed-out frame may leave, at most (waits are 50-200 ms)
@@ -46,6 +46,7 @@ class LivePairing:
 
     def frame(self, message) -> None:
         """Subscription callback of the frames."""
+        self.update_expected()  # a publisher that appeared since the last look is waited for at once
         self._deliver(self.pairer.add_frame(stamp_to_ns(message.header.stamp), message))
 
     def poll(self) -> None:
@@ -71,25 +72,40 @@ IMAGE = "image"
 CAMERA_INFO = "camera_info"
 DEPTH = "depth"
 DEPTH_CAMERA_INFO = "depth_camera_info"
+FIXED_FRAME_TF = "fixed_frame_tf"
 
 
 def instances_pairer(values: dict, clock: Callable[[], int], *, use_depth: bool, on_event: Callable[[str], None],
-                     on_drop: Callable[[str], None], max_pending: int = 32) -> StampPairer:
+                     on_drop: Callable[[str], None], tf_lookup: Callable | None = None,
+                     max_pending: int = 32) -> StampPairer:
     """InstanceArrays (frames) wait `image_wait` for the image and camera_info of their stamp and, with
     `use_depth`, `depth_wait` for the depth frame of it. Without its image an array cannot be used (counted
-    no_image_for_instances); camera_info falls back to the newest (counted camera_info_latest_used)."""
+    no_image_for_instances); camera_info falls back to the newest (counted camera_info_latest_used). With
+    `tf_lookup(target, source, stamp_ns)` and a `fixed_frame` parameter, they also wait `image_wait` for TF
+    fixed_frame <- image frame at their stamp (as tf2's message filter does; the user counts its absence)."""
     image_wait = values["image_wait"]
-    inputs = [PairedInput(IMAGE, wait_s=image_wait, capacity=16, missing_event="no_image_for_instances"),
+    inputs = [PairedInput(IMAGE, wait_s=image_wait, capacity=16, missing_event="no_image_for_instances",
+                          required=True),
               PairedInput(CAMERA_INFO, wait_s=image_wait, latest_fallback=True)]
     if use_depth:
         inputs += [PairedInput(DEPTH, wait_s=values["depth_wait"], capacity=8),
                    PairedInput(DEPTH_CAMERA_INFO, wait_s=values["depth_wait"], latest_fallback=True, capacity=8)]
-    return StampPairer(inputs, clock, max_pending=max_pending, on_event=on_event, on_drop=on_drop)
+    conditions = ()
+    if tf_lookup is not None and "fixed_frame" in values:
+        def tf_ready(stamp_ns: int, here: dict) -> bool:
+            image, fixed = here.get(IMAGE), values["fixed_frame"]  # read at each check: runtime changes count
+            return not fixed or image is None or tf_lookup(fixed, image.header.frame_id, stamp_ns) is not None
+
+        conditions = (PairedCondition(FIXED_FRAME_TF, tf_ready, wait_s=image_wait),)
+    return StampPairer(inputs, clock, conditions=conditions, max_pending=max_pending, on_event=on_event,
+                       on_drop=on_drop)
 
 
 def update_instance_waits(pairer: StampPairer, values: dict) -> None:
     for name in pairer.inputs:
         pairer.set_wait(name, values["depth_wait"] if name in (DEPTH, DEPTH_CAMERA_INFO) else values["image_wait"])
+    if FIXED_FRAME_TF in pairer.conditions:
+        pairer.set_wait(FIXED_FRAME_TF, values["image_wait"])
 
 
 def paired_image(paired: Paired):
