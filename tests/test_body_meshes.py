@@ -94,17 +94,73 @@ def test_messages_markers_and_tf():
     assert body.header.frame_id == "camera" and len(body.joints) == 5 and list(body.joint_names)[0] == "pelvis"
     assert len(body.keypoints_2d) == 6 and body.joints[0].z == pytest.approx(3.0)
     markers = deserialize_message(messages.markers, MarkerArray).markers
-    kinds = sorted((m.ns, m.id) for m in markers if m.action == m.ADD)
-    assert kinds == [("body_bones", 21), ("body_bones", 25), ("body_joints", 22), ("body_joints", 26),
-                     ("body_labels", 23), ("body_labels", 27), ("body_mesh", 20), ("body_mesh", 24)]
-    mesh = next(m for m in markers if m.ns == "body_mesh" and m.id == 20)
-    assert 0 < len(mesh.points) <= 3 * 24  # decimated once, from 60 faces
-    bones = next(m for m in markers if m.ns == "body_bones" and m.id == 21)
-    assert len(bones.points) == 2 * 4  # four bones of five joints
+    by_person = markers_by_person(apply_markers({}, markers))
+    assert sorted(by_person) == [5, 6]
+    assert all(sorted(shown) == ["body_bones", "body_joints", "body_labels", "body_mesh"]
+               for shown in by_person.values())
+    assert 0 < len(by_person[5]["body_mesh"].points) <= 3 * 24  # decimated once, from 60 faces
+    assert len(by_person[5]["body_bones"].points) == 2 * 4  # four bones of five joints
     [tf5, tf6] = messages.transforms
     assert tf5.child_frame_id == "person_5" and tf5.header.frame_id == "camera"
     np.testing.assert_allclose(transform_to_matrix(tf5.transform)[:3, 3], persons[0].estimate.joints[0], atol=1e-6)
     np.testing.assert_allclose(transform_to_matrix(tf5.transform)[:3, :3], StickBodyModel.ROOT_ROTATION, atol=1e-9)
+
+
+def apply_markers(shown: dict, markers) -> dict:
+    """What RViz displays after a MarkerArray: markers keyed by (ns, id); DELETEALL clears, DELETE removes."""
+    shown = dict(shown)
+    for marker in markers:
+        if marker.action == marker.DELETEALL:
+            shown = {key: m for key, m in shown.items() if marker.ns and key[0] != marker.ns}
+        elif marker.action == marker.DELETE:
+            shown.pop((marker.ns, marker.id), None)
+        else:
+            shown[(marker.ns, marker.id)] = marker
+    return shown
+
+
+def markers_by_person(shown: dict) -> dict[int, dict[str, object]]:
+    """The displayed markers grouped by the person they draw (the label says whom; a person's other markers
+    are told by colour, as a viewer tells them), as {track id: {ns: marker}}."""
+    colour = lambda m: (round(m.color.r, 4), round(m.color.g, 4), round(m.color.b, 4))  # noqa: E731
+    owner = {colour(m): int(m.text.split()[-1]) for m in shown.values() if m.ns == "body_labels"}
+    grouped: dict[int, dict[str, object]] = {}
+    for m in shown.values():
+        track = owner[colour(m)] if m.ns != "body_joints" else None
+        if track is None:  # the joints are white: theirs is the person whose bones they end
+            track = next(owner[colour(b)] for b in shown.values() if b.ns == "body_bones"
+                         and {(p.x, p.y, p.z) for p in b.points} <= {(p.x, p.y, p.z) for p in m.points})
+        assert m.ns not in grouped.setdefault(track, {}), f"two {m.ns} markers for person {track}"
+        grouped[track][m.ns] = m
+    return grouped
+
+
+def test_marker_ids_are_unique_stable_per_track_and_vanished_tracks_disappear():
+    """Properties, not the numbering scheme: RViz replaces a marker with the same (ns, id), so two people must
+    never share one, a person keeps theirs from frame to frame (whoever else is in view, in any order), and a
+    person who left is no longer drawn."""
+    handler = io.BodyFrameHandler(StickBodyModel(), values(min_box_area=1))
+    boxes = {5: (100, 50, 40, 120), 6: (200, 60, 30, 100), 7: (20, 40, 50, 150)}
+
+    def frame(ids, stamp_ns):
+        _, messages = handler.handle(array([person(i, boxes[i]) for i in ids], stamp_ns), IMAGE, None)
+        return deserialize_message(messages.markers, MarkerArray).markers
+
+    keys = {}  # track -> the (ns, id) keys of its markers
+    shown = {}
+    for step, ids in enumerate([(5, 6), (6, 5, 7), (7, 6), (6,)]):
+        markers = frame(ids, (step + 1) * 10**9)
+        added = [(m.ns, m.id) for m in markers if m.action == m.ADD]
+        assert len(added) == len(set(added)) == 4 * len(ids)  # unique within a message
+        shown = apply_markers(shown, markers)
+        by_person = markers_by_person(shown)
+        assert sorted(by_person) == sorted(ids)  # vanished tracks are no longer displayed
+        for track, markers_of_track in by_person.items():
+            now = {(m.ns, m.id) for m in markers_of_track.values()}
+            assert keys.setdefault(track, now) == now, f"person {track} changed marker ids"
+    # and no two people ever used the same key
+    all_keys = [key for track_keys in keys.values() for key in track_keys]
+    assert len(all_keys) == len(set(all_keys)) == 4 * 3
 
 
 def test_nobody_means_no_model_call():
