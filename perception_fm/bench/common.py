@@ -41,8 +41,10 @@ def results_path(device: str):
 
 def save_section(section: str, data) -> str:
     """Put one benchmark's result into this device's bench/results file as `section` (a suite run's other
-    sections are kept), with the date it was measured under section_dates; returns the path."""
+    sections are kept), with the date it was measured under section_dates and the 1-minute load average then
+    under section_load_average; returns the path."""
     import json
+    import os
     from datetime import datetime, timezone
 
     device, gpu = device_name()
@@ -52,6 +54,8 @@ def save_section(section: str, data) -> str:
         "scaled_down_for_cpu": not gpu}
     results[section] = data
     results.setdefault("section_dates", {})[section] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # timings on a shared machine mean little without how busy it was
+    results.setdefault("section_load_average", {})[section] = round(os.getloadavg()[0], 1)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n")
     return str(path)

@@ -160,6 +160,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=20 if gpu else 10, help="timed frames per row")
     parser.add_argument("--memory-frames", type=int, default=100, help="frames run before reading retained state")
     parser.add_argument("--json", help="also write the rows to this file")
+    parser.add_argument("--save", action="store_true", help="put the rows into bench/results/<device>.json")
     args = parser.parse_args(argv)
     concepts = [int(v) for v in args.concepts.split(",") if v]
     objects = [int(v) for v in args.objects.split(",") if v]
@@ -185,6 +186,10 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)
+    if args.save:
+        from perception_fm.bench.common import save_section
+
+        print(f"wrote {save_section('sam3', rows)}")
     return 0
 
 

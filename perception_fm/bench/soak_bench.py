@@ -151,9 +151,17 @@ def run(node: str = "depth", minutes: float = 10.0, rate_hz: float = 2.0, proces
                     rss = sampler.samples[-1][1] if sampler.samples else float("nan")
                     print(f"  {(last_progress - start) / 60:4.1f} min: {i + 1} frames sent, "
                           f"{len(harness.received)} outputs, RSS {rss:.0f} MB", flush=True)
-            time.sleep(2.0)  # the last frames drain
-            seen = harness.diagnostics_received
-            _wait(lambda: harness.diagnostics_received > seen + 1, 30, "no /diagnostics after the soak")
+            # the last frames drain: wait until the node has accounted for every frame it received (processed or
+            # dropped, by a fresh diagnostic), or up to a minute where a frame never arrived
+            seen, deadline = harness.diagnostics_received, time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with harness.lock:
+                    now = _counters(harness.diagnostics, node_name)
+                    fresh = harness.diagnostics_received > seen + 1
+                if fresh and now.get("received", 0) - before.get("received", 0) >= count and (
+                        now.get("processed", 0) + now.get("dropped", 0) >= now.get("received", 0)):
+                    break
+                time.sleep(0.5)
             sampler.stop()
             with harness.lock:
                 after = _counters(harness.diagnostics, node_name)

@@ -9,19 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-
-
-def _device() -> tuple[str, bool]:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(), True
-    return f"cpu-{platform.machine()}-{__import__('os').cpu_count()}cores", False
 
 
 def _rows(module_main, argv: list[str]) -> list | dict:
@@ -32,13 +23,18 @@ def _rows(module_main, argv: list[str]) -> list | dict:
 
 def run(quick: bool = False) -> dict:
     from perception_fm.bench import codec_bench, da3_bench, node_bench, sam3_bench, sam3d_bench
+    from perception_fm.bench.common import device_name
 
-    device, gpu = _device()
+    device, gpu = device_name()
     results = {"device": device, "gpu": gpu, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "scaled_down_for_cpu": not gpu}
     started = time.perf_counter()
     print(f"== codec ({device})", flush=True)
     results["codec"] = codec_bench.run(frames=20 if quick else 50)
+    results["markers"] = codec_bench.run_markers(repeats=2 if quick else 5)
+    results["select_pixels"] = codec_bench.run_select()
+    if not quick:
+        results["malloc"] = codec_bench.run_malloc()
     print("== da3", flush=True)
     da3_args = ["--iterations", "2" if quick else ("20" if gpu else "3")]
     if not gpu:
@@ -69,6 +65,16 @@ def table(results: dict) -> str:
         ratio = f"x{row['speedup']:.2f}" if "speedup" in row else "n/a"
         add(f"{'%s %dx%d %d view(s)' % (row['variant'], row['size'][1], row['size'][0], row['views']):<44} "
             f"{ours['p50_ms']:>9.1f} {ours['p95_ms']:>9.1f} {ours['fps']:>8.2f} {ratio:>12} {row['peak_memory_mb']:>9.0f}")
+    markers = results.get("markers")
+    if markers:
+        add(f"{'MarkerArray %d-triangle mesh from numpy' % markers['triangles']:<44} {markers['numpy_ms']:>9.2f} "
+            f"{'':>9} {'':>8} {'x%.0f objects' % (markers['objects_ms'] / markers['numpy_ms']):>12}")
+    select = results.get("select_pixels")
+    if select:
+        add(f"{'select_pixels %dx%d' % (select['width'], select['height']):<44} {select['select_pixels_ms']:>9.2f} "
+            f"{'':>9} {'':>8} {'x%.1f numpy' % (select['numpy_mask_ms'] / select['select_pixels_ms']):>12}")
+    if results["sam3"]:
+        add(f"sam3 weights: {results['sam3'][0].get('weights', 'not recorded')}")
     for row in results["sam3"]:
         label = f"sam3 {row['model']} {row['image_size']}px {row['concepts']} concepts {row['objects']} objects"
         add(f"{label:<44} {row['frame_ms']:>9.1f} {'':>9} {1000 / row['frame_ms']:>8.1f} {'':>12} "
@@ -99,9 +105,19 @@ def main(argv=None) -> int:
     print(table(results))
     paths = [args.json] if args.json else []
     if args.save:
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in results["device"])
-        paths.append(str(Path("bench") / "results" / f"{name}.json"))
+        from perception_fm.bench.common import results_path
+
+        paths.append(str(results_path(results["device"])))
     for path in paths:
+        if Path(path).exists():  # keep what was measured separately and this run did not measure (bench soak)
+            previous = json.loads(Path(path).read_text())
+            for section, date in previous.get("section_dates", {}).items():
+                if section not in results:
+                    results[section] = previous[section]
+                    results.setdefault("section_dates", {})[section] = date
+                    if section in previous.get("section_load_average", {}):
+                        results.setdefault("section_load_average", {})[section] = \
+                            previous["section_load_average"][section]
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(results, indent=2))
         print(f"wrote {path}")

@@ -6,8 +6,10 @@ import ctypes
 
 def tune_malloc(mmap_threshold: int = 256 << 20, trim_threshold: int = 512 << 20) -> bool:
     """glibc only: serve large blocks from the heap and keep freed heap memory, so each frame's multi-MB
-    buffers reuse pages instead of faulting fresh ones in. Without it glibc's dynamic mmap threshold and heap
-    trimming drift into phases of ~2,000-4,000 page faults per VGA frame (about 2.5x slower frames). Same
+    buffers reuse pages instead of faulting fresh ones in: glibc's dynamic mmap threshold and heap trimming can
+    drift into phases of page faulting per frame. `perception-fm bench codec --parts malloc` compares fresh
+    1,000-frame processes with and without it: on the 2-core CI machine neither faulted per frame (< 1) and
+    the timings differed within load noise, so no speed-up is claimed; the setting is a guard. Same
     effect from the environment: GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:
     glibc.malloc.trim_threshold=536870912. Process-wide; returns False where it could not be applied."""
     try:

@@ -157,7 +157,8 @@ def _ray_components(height: int, width: int, stride: int, K_bytes: bytes) -> tup
 
 def select_pixels(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """image[mask] for an (H, W, C) image and (H, W) mask, as (M, C): each pixel is viewed as one opaque item
-    so the selection copies whole pixels (about 10x faster than numpy's (H, W, C)[mask])."""
+    so the selection copies whole pixels (0.26 ms against 6.5 ms for numpy's (H, W, C)[mask] on a 640x480 RGB
+    frame: `perception-fm bench codec --parts select`, bench/results/cpu-x86_64-2cores.json)."""
     image = np.ascontiguousarray(image)
     pixels = image.reshape(image.shape[0] * image.shape[1], -1)
     item = np.dtype((np.void, pixels.dtype.itemsize * pixels.shape[1]))
