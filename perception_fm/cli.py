@@ -72,22 +72,58 @@ def cmd_up(args) -> int:
             print(" ".join(command))
         os.unlink(params.name)
         return 0
-    processes = [subprocess.Popen(command) for command in commands]
-
-    def stop(*_):
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-
-    signal.signal(signal.SIGTERM, stop)
     try:
-        codes = [process.wait() for process in processes]
-    except KeyboardInterrupt:
-        stop()
-        codes = [process.wait() for process in processes]
+        return _run_nodes(commands, [node.name for node in graph.nodes])
     finally:
         os.unlink(params.name)
-    return max(codes, default=0)
+
+
+NODE_STOP_TIMEOUT_S = 30.0  # a node not gone this long after SIGTERM is killed
+
+
+def _run_nodes(commands: list[list[str]], names: list[str]) -> int:
+    """Run the node processes until they all end or SIGINT/SIGTERM arrives; then stop each by SIGTERM, kill the
+    ones not gone after NODE_STOP_TIMEOUT_S. Returns 0 when every node ended cleanly (exit 0, or stopped by our
+    SIGTERM), else the first failure's exit code (128 + signal for a node killed by a signal)."""
+    import threading
+    import time
+
+    stop = threading.Event()
+    # Installed before the first child starts: from here on a signal is a stop request, never a traceback.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: stop.set())
+    processes: list[subprocess.Popen] = []
+    for command in commands:
+        if stop.is_set():
+            break
+        # Own session: a terminal's Ctrl-C reaches `up` alone, and each node is stopped once, by SIGTERM, which a
+        # node still importing dies of quietly and a running node handles like SIGINT (node_base.run_node).
+        processes.append(subprocess.Popen(command, start_new_session=True))
+    while not stop.is_set() and any(process.poll() is None for process in processes):
+        stop.wait(0.2)
+    stopped = [process for process in processes if process.poll() is None]
+    for process in stopped:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + NODE_STOP_TIMEOUT_S
+    killed = []
+    for name, process in zip(names, processes):
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"perception-fm up: {name} did not stop within {NODE_STOP_TIMEOUT_S:.0f} s of SIGTERM; killing it",
+                  file=sys.stderr)
+            process.kill()
+            process.wait()
+            killed.append(process)
+    codes = []
+    for name, process in zip(names, processes):
+        code = process.returncode
+        if code == 0 or (process in stopped and process not in killed and code == -signal.SIGTERM):
+            continue
+        code = code if code > 0 else 128 - code
+        print(f"perception-fm up: {name} exited with code {code}", file=sys.stderr)
+        codes.append(code)
+    return codes[0] if codes else 0
 
 
 def cmd_replay(args) -> int:
@@ -100,7 +136,7 @@ def cmd_replay(args) -> int:
             node.parameters["random_weights"] = True
         if args.device:
             node.parameters["device"] = args.device
-    report = replay(args.bag, graph, args.out, progress=not args.quiet)
+    report = replay(args.bag, graph, args.out, progress=not args.quiet, overwrite=args.overwrite)
     for node in report.nodes:
         labels = " (RANDOM WEIGHTS: outputs are not meaningful)" if node["weights"] == "random-init" else ""
         print(f"{node['node']}: {node['model']} from {node['weights']}{labels} on {node['device']}: "
@@ -156,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="replay a bag through a graph config offline")
     replay.add_argument("bag")
     replay.add_argument("--config", required=True)
-    replay.add_argument("--out", required=True, help="output bag directory (MCAP); must not exist")
+    replay.add_argument("--out", required=True, help="output bag directory (MCAP); must not exist unless "
+                                                     "--overwrite")
+    replay.add_argument("--overwrite", action="store_true",
+                        help="replace an existing output (only once the new one is complete)")
     replay.add_argument("--random-weights", action="store_true",
                         help="run every model with random weights (plumbing checks without weights)")
     replay.add_argument("--device", help="override every node's device parameter")
