@@ -68,23 +68,40 @@ def wait_ready(probe, node, timeout=120):
     probe.wait_until(ready, timeout, "depth_node reporting a loaded model")
 
 
+def publishers(probe):
+    """camera_info's publisher is created before the image's: DDS announces a participant's writers in order
+    on a reliable channel, so by the time the node receives an image it knows camera_info has a publisher
+    and waits for it (no race on discovery)."""
+    info_pub = probe.publisher(CameraInfo, "/test/camera_info")
+    image_pub = probe.publisher(Image, "/test/image")
+    return image_pub, info_pub
+
+
 def test_image_in_depth_cloud_and_tf_out(probe, da3_small_checkpoint):
+    # camera_info_wait long: each image waits for the camera_info of its stamp whatever the order and load
     node = start_node("perception_fm.nodes.depth_node", *node_args(
-        da3_small_checkpoint, "-p", "window_size:=2", "-p", "keyframe_every:=1", "-p", "attach_image_frame:=true"))
+        da3_small_checkpoint, "-p", "window_size:=2", "-p", "keyframe_every:=1", "-p", "attach_image_frame:=true",
+        "-p", "camera_info_wait:=60.0"))
     try:
-        image_pub = probe.publisher(Image, "/test/image")
-        info_pub = probe.publisher(CameraInfo, "/test/camera_info")
+        image_pub, info_pub = publishers(probe)
         wait_ready(probe, node)
         probe.wait_until(lambda: image_pub.get_subscription_count() > 0 and info_pub.get_subscription_count() > 0,
                          30, "subscriptions matched")
         stamps = [1_700_000_000_123_456_789 + i * 100_000_000 for i in range(2)]
-        for frame, stamp in zip(FRAMES, stamps):
-            info_pub.publish(camera_info_message(frame, stamp))
-            time.sleep(0.05)
-            image_pub.publish(image_message(frame, stamp))
+        focal = []  # a different focal length per frame: the output shows which camera_info was used
+        for i, (frame, stamp) in enumerate(zip(FRAMES, stamps)):
+            info = camera_info_message(frame, stamp)
+            info.k[0] = info.k[4] = frame.K[0, 0] * (1.0 + 0.25 * i)
+            focal.append(info.k[0])
+            if i == 0:  # the image first, its camera_info after it
+                image_pub.publish(image_message(frame, stamp))
+                info_pub.publish(info)
+            else:
+                info_pub.publish(info)
+                image_pub.publish(image_message(frame, stamp))
             probe.wait_for("/depth/image", lambda m, s=stamp: m.header.stamp == ns_to_time(s))
 
-        for stamp in stamps:
+        for stamp, fx in zip(stamps, focal):
             def same(m, s=stamp):
                 return m.header.stamp == ns_to_time(s)
             depth = probe.wait_for("/depth/image", same)
@@ -97,7 +114,7 @@ def test_image_in_depth_cloud_and_tf_out(probe, da3_small_checkpoint):
             assert not info.is_metric and info.scale_source == "window_chain"
             camera_info = probe.wait_for("/depth/camera_info", same)
             assert (camera_info.height, camera_info.width) == (42, 56)
-            assert camera_info.k[0] == pytest.approx(FRAMES[0].K[0, 0] * 56 / 64)
+            assert camera_info.k[0] == pytest.approx(fx * 56 / 64)  # the camera_info of its own stamp
             cloud = probe.wait_for("/points", same)
             points, colors = pointcloud2_to_xyzrgb(cloud)
             assert cloud.header.frame_id == IMAGE_FRAME and len(points) == 42 * 56 and colors is not None
@@ -113,6 +130,10 @@ def test_image_in_depth_cloud_and_tf_out(probe, da3_small_checkpoint):
         assert attached.transforms[0].header.frame_id == "da3_camera"
         path = probe.wait_for("/camera_path", lambda m: len(m.poses) == 2)
         assert path.header.frame_id == "da3_world"
+        probe.wait_until(lambda: (diagnostics_values(probe, "depth_node") or {}).get("processed") == "2", 30,
+                         "both frames on /diagnostics")
+        values = diagnostics_values(probe, "depth_node")
+        assert not {k for k in values if k.startswith("count_")}, values  # no camera_info fallback
         assert node.poll() is None
     finally:
         log = stop_node(node)
@@ -120,28 +141,31 @@ def test_image_in_depth_cloud_and_tf_out(probe, da3_small_checkpoint):
 
 
 def test_bad_inputs_are_dropped_counted_and_the_node_goes_on(probe, da3_small_checkpoint):
-    node = start_node("perception_fm.nodes.depth_node", *node_args(da3_small_checkpoint))
+    node = start_node("perception_fm.nodes.depth_node", *node_args(da3_small_checkpoint, "-p",
+                                                                     "camera_info_wait:=60.0"))
     try:
-        image_pub = probe.publisher(Image, "/test/image")
-        info_pub = probe.publisher(CameraInfo, "/test/camera_info")
+        image_pub, info_pub = publishers(probe)
         wait_ready(probe, node)
         probe.wait_until(lambda: image_pub.get_subscription_count() > 0 and info_pub.get_subscription_count() > 0,
                          30, "subscriptions matched")
         frame = FRAMES[0]
         stamp = 1_700_000_100_000_000_000
 
+        def handled():
+            values = diagnostics_values(probe, "depth_node") or {}
+            return int(values.get("processed", 0)) + int(values.get("dropped", 0))
+
         def send(image, info, stamp):
-            if info is not None:
-                info_pub.publish(info)
-                time.sleep(0.05)
-            image_pub.publish(image)
-            time.sleep(1.5)  # one frame at a time: nothing dropped as stale
+            before = handled()
+            image_pub.publish(image)  # paired with its camera_info in either order
+            info_pub.publish(info)
+            probe.wait_until(lambda: handled() == before + 1, 60, "the frame handled")  # nothing stale
 
         float_image = numpy_to_image(np.ones((48, 64), np.float32), "32FC1", header_for(Image(), stamp).header)
         send(float_image, camera_info_message(frame, stamp), stamp)  # no colour: encoding
         empty = header_for(Image(), stamp + 1)
         empty.encoding = "rgb8"
-        send(empty, None, stamp + 1)  # zero-size image
+        send(empty, camera_info_message(frame, stamp + 1), stamp + 1)  # zero-size image
         send(image_message(frame, stamp + 2), camera_info_message(frame, stamp + 2, 640, 480), stamp + 2)  # size
         nan_info = camera_info_message(frame, stamp + 3)
         nan_info.k[0] = float("nan")  # a driver publishing an uncalibrated or corrupt camera
