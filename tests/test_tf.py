@@ -201,3 +201,27 @@ def test_tf_conversions_do_not_use_scipy():
     import perception_fm.ros.tf as tf_module
 
     assert "scipy" not in tf_module.__dict__ and "Rotation" not in tf_module.__dict__
+
+
+@pytest.mark.ros
+def test_listener_counts_bad_transforms_from_the_wire_and_keeps_the_good_ones():
+    from tf2_msgs.msg import TFMessage
+
+    from perception_fm.ros.tf import TF_QOS, TF_TOPIC, TfListener
+    from ros_probe import Probe
+
+    probe = Probe("tf_listener_probe")
+    try:
+        listener = TfListener(probe.node)
+        if listener.buffer is None:
+            pytest.skip("tf2_ros is installed: it does its own checking")
+        publisher = probe.publisher(TFMessage, TF_TOPIC, TF_QOS)
+        probe.wait_until(lambda: publisher.get_subscription_count() > 0, 30, "subscription matched")
+        publisher.publish(TFMessage(transforms=[raw("odom", "base", 5, quaternion=(0.0, 0.0, 0.0, 0.0)),
+                                                raw("odom", "base", 6, translation=(math.nan, 0.0, 0.0)),
+                                                raw("odom", "base", 7, translation=(1.0, 2.0, 3.0))]))
+        probe.wait_until(lambda: listener.lookup("odom", "base", 7) is not None, 30, "the good transform")
+        assert listener.rejected == {"bad_quaternion": 1, "bad_translation": 1}
+        np.testing.assert_allclose(listener.lookup("odom", "base", 7)[:3, 3], [1, 2, 3])
+    finally:
+        probe.close()
