@@ -69,7 +69,7 @@ class ScriptedSession:
 
     def prompt_object(self, frame, obj_id, points, labels, box):
         self.calls.append(("prompt_object", frame, obj_id))
-        x0, y0, x1, y1 = box
+        x0, y0, x1, y1 = (int(v) for v in box)  # the node's service hands float pixels
         mask = torch.zeros(96, 128)
         mask[y0:y1, x0:x1] = 1
         self.add_objects(frame, {obj_id: mask})

@@ -252,6 +252,10 @@ class ConceptNode(ModelNode):
             except (BadInputError, _NoModel) as error:
                 self.stats.event("bad_prompt")
                 self.get_logger().warning(f"click prompt ignored: {error}", throttle_duration_sec=LOG_THROTTLE_S)
+            except Exception as error:  # a bug or a model failure: said and counted, the node keeps running
+                self.stats.event("failed_prompt")
+                self.get_logger().error(f"click prompt failed: {type(error).__name__}: {error}\n"
+                                        f"{traceback.format_exc()}", throttle_duration_sec=LOG_THROTTLE_S)
             else:
                 self.stats.event("click_prompts")
                 self.get_logger().info(f"click ({points[0, 0]:g}, {points[0, 1]:g}) started object {obj_id}")
