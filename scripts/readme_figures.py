@@ -116,6 +116,19 @@ def _soak_rows(soak: dict) -> list[tuple[str, str]]:
              f"p95 {_ms(soak['p95_ms'])} ms")]
 
 
+def _speech_rows(speech: dict) -> list[tuple[str, str]]:
+    voices: dict[str, list] = {}
+    for row in speech["rows"]:
+        voices.setdefault(row["voice"], []).append(row)
+    speeds = sorted({row["speed"] for row in speech["rows"]})
+    seeds = sorted({row["seed"] for row in speech["rows"]})
+    per_voice = "; ".join(f"{voice} {sum(r['right'] for r in rows)}/{sum(r['utterances'] for r in rows)}"
+                          for voice, rows in voices.items())
+    return [(f"spoken commands right: espeak-ng voice -> speech node's VAD and listener -> {speech['model']} over "
+             f"{len(speech['phrases'])} phrases ({_joined(speeds, str)} wpm, noise seeds {_joined(seeds, str)})",
+             per_voice)]
+
+
 def table(results: dict, source: str) -> str:
     """The markdown for the README region: a table of (what, figure) and the line saying where it came from."""
     rows: list[tuple[str, str]] = []
@@ -134,6 +147,8 @@ def table(results: dict, source: str) -> str:
     if "soak" in results:
         rows += _soak_rows(results["soak"])
     rows += _sam3_rows(results.get("sam3", []))
+    if "speech" in results:
+        rows += _speech_rows(results["speech"])
     lines = ["| what | figure |", "|---|---|"]
     lines += [f"| {what} | {figure} |" for what, figure in rows]
     lines.append("")

@@ -22,9 +22,10 @@ from ros_probe import Probe, diagnostics_values, start_node, stop_node
 pytestmark = pytest.mark.ros
 
 PHRASES = "red cup, chair, mug, person, people, laptop, bottle, keyboard"
-# espeak-ng's voice that PocketSphinx's US English model hears best: through this node's path (VAD, resampling,
-# grammar over 14 phrases) 179 of 180 commands right (20 sentences x 3 speeds x 3 noise seeds); en-us+f5 95 %,
-# the default male en-us 90 %, en-us+f3 82 % (misses are mostly no command at all, some a wrong object).
+# An espeak-ng voice PocketSphinx's US English model hears well: through this node's VAD and listener with
+# the grammar over these phrases, 60 of 60 commands right (20 sentences x 130/150/175 wpm), en-us+f5 60/60, the
+# default male en-us 58/60, en-us+f3 56/60; the misses were no command at all (`perception-fm bench speech
+# --voices en-us+f2,en-us+f5,en-us,en-us+f3 --speeds 130,150,175`, bench/results/cpu-x86_64-2cores.json).
 VOICE = "en-us+f2"
 SPEED = 150  # words per minute
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
