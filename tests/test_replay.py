@@ -136,7 +136,60 @@ def test_cli_replay_with_random_weights_labels_its_outputs(tmp_path, sample_bag,
     infos = [m for topic, _, m in read_all(tmp_path / "out") if topic == "/depth/info"]
     assert len(infos) == 6 and {i.weights for i in infos} == {"random-init"}
     assert main(["replay", str(sample_bag), "--config", str(config), "--out", str(tmp_path / "out"),
-                 "--random-weights", "--quiet"]) == 2  # never overwrites
+                 "--random-weights", "--quiet"]) == 2  # never overwrites unless asked to
+    assert "--overwrite" in capsys.readouterr().err
+    (tmp_path / "out" / "stale_marker").write_text("from the first run")
+    assert main(["replay", str(sample_bag), "--config", str(config), "--out", str(tmp_path / "out"),
+                 "--random-weights", "--quiet", "--overwrite"]) == 0
+    assert not (tmp_path / "out" / "stale_marker").exists() and (tmp_path / "out" / REPORT_FILE).is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_an_interrupted_replay_leaves_no_output_and_does_not_block_the_next(tmp_path, sample_bag,
+                                                                           da3_small_checkpoint, monkeypatch):
+    from perception_fm.replay import runner
+
+    graph = load_graph(graph_file(tmp_path, da3_small_checkpoint))
+    out = tmp_path / "out"
+    written = []
+    real_write = BagWriter.write
+
+    def interrupted(self, *args, **kwargs):  # Ctrl-C in the middle of the run
+        written.append(args[0])
+        if len(written) == 20:
+            raise KeyboardInterrupt
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(BagWriter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        replay(sample_bag, graph, out, progress=False)
+    monkeypatch.undo()
+    assert not out.exists() and list(tmp_path.glob(".out*")) == []
+    (tmp_path / ".out.partial").mkdir()  # what a killed (SIGKILL) run leaves: removed by the next run
+    (tmp_path / ".out.partial" / "junk.mcap").write_bytes(b"half a bag")
+    report = replay(sample_bag, graph, out, progress=False)
+    assert report.nodes[0]["processed"] == 6 and report.output_bag == str(out)
+    assert list(tmp_path.glob(".out*")) == [] and (out / REPORT_FILE).is_file()
+    assert runner.REPORT_FILE == REPORT_FILE
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal(monkeypatch):
+    import io
+
+    from perception_fm.replay.runner import _Progress
+
+    stream = io.StringIO()  # not a tty: a CI log or a pipe
+    monkeypatch.setattr(_Progress, "PLAIN_PERIOD_S", 0.0)
+    progress = _Progress(3, True, stream)
+    for _ in range(3):
+        progress.step()
+    progress.close()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3 and lines[-1].startswith("replay: frame 3/3") and "\r" not in stream.getvalue()
+    quiet = io.StringIO()
+    silent = _Progress(3, False, quiet)
+    silent.step()
+    assert quiet.getvalue() == ""
 
 
 def test_bag_io_round_trips_our_own_message_types(tmp_path):

@@ -217,6 +217,9 @@ def _provenance(result: EvalResult) -> str:
                                                    "window_size") if m.get(k) is not None)
         rows.append((f"{m.get('task', '?')} model", f"{_esc(m.get('model'))} · weights {_esc(weights)}{flag}"
                      + (f' <span class="sub">({_esc(extra)})</span>' if extra else "")))
+        if m.get("parameters"):  # the node's configured parameters, from the replay's report
+            rows.append((f"{m.get('task', '?')} parameters", '<span class="sub">' + _esc(", ".join(
+                f"{k}={v}" for k, v in sorted(m["parameters"].items()))) + "</span>"))
     for key, label in (("input_bag", "input bag"), ("output_bag", "output bag"), ("ground_truth", "ground truth"),
                        ("bag_start", "recorded"), ("bag_duration_s", "duration (s)"),
                        ("evaluated_at", "evaluated")):

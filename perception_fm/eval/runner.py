@@ -435,6 +435,8 @@ class _Evaluation:
             self.depth_provenance = {"model": info.model, "weights": info.weights, "is_metric": bool(info.is_metric),
                                      "scale_source": info.scale_source, "pose_method": info.pose_method,
                                      "window_size": int(info.window_size)}
+        # a window fills up over the first frames (frame 0's is 1): report the largest seen
+        self.depth_provenance["window_size"] = max(self.depth_provenance["window_size"], window)
 
     # -- one frame --
 
@@ -859,9 +861,13 @@ def _provenance(ev: _Evaluation, out_reader: BagReader) -> dict:
             same = [m for m in models if (m["model"], m["weights"]) == (node.get("model"), node.get("weights"))]
             for m in same:
                 m.setdefault("device", node.get("device"))
+                if node.get("parameters"):  # what the node was configured with (replay_report.json)
+                    m["parameters"] = node["parameters"]
+                    m["window_size"] = node["parameters"].get("window_size", m.get("window_size"))
             if not same:
                 models.append({"task": node.get("task", "?"), "model": node.get("model"),
-                               "weights": node.get("weights"), "device": node.get("device")})
+                               "weights": node.get("weights"), "device": node.get("device"),
+                               **({"parameters": node["parameters"]} if node.get("parameters") else {})})
     input_bag = (replay_report or {}).get("input_bag") or (str(ev.gt_bag) if ev.gt_bag else
                                                            "unknown (no replay_report.json beside the output bag)")
     stamps = [s for s in (ev.first_stamp, ev.last_stamp) if s is not None]

@@ -16,6 +16,7 @@ concept_node of the graph before the next image.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections import Counter
@@ -536,32 +537,74 @@ def _producers_first(nodes: list[ReplayNode]) -> list[ReplayNode]:
 
 
 class _Progress:
-    """One status line on stderr: frames, frames/s, ETA. Silent when stderr is not a terminal."""
+    """Progress on stderr: frames, frames/s, ETA. On a terminal one line redrawn 4 times a second; otherwise
+    (CI logs, `| tee`, nohup) a plain line every PLAIN_PERIOD_S, so a long run never looks hung."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled and sys.stderr.isatty()
-        self.done, self.started, self._last = 0, time.perf_counter(), 0.0
+    PLAIN_PERIOD_S = 5.0
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.stream = stream or sys.stderr
+        self.total, self.enabled = total, enabled
+        self.tty = self.stream.isatty()
+        self.done, self.started, self._last = 0, time.perf_counter(), time.perf_counter()
 
     def step(self) -> None:
         self.done += 1
+        if not self.enabled:
+            return
         now = time.perf_counter()
-        if self.enabled and (now - self._last > 0.25 or self.done == self.total):
+        period = 0.25 if self.tty else self.PLAIN_PERIOD_S
+        if now - self._last > period or (self.tty and self.done == self.total):
             self._last = now
             rate = self.done / max(now - self.started, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else float("inf")
-            sys.stderr.write(f"\r  frame {self.done}/{self.total}  {rate:5.1f} frames/s  ETA {eta:5.0f} s ")
-            sys.stderr.flush()
+            text = f"frame {self.done}/{self.total}  {rate:5.1f} frames/s  ETA {eta:5.0f} s"
+            self.stream.write(f"\r  {text} " if self.tty else f"replay: {text}\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+        if self.enabled and self.tty:
+            self.stream.write("\n")
 
 
-def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progress: bool = True) -> ReplayReport:
-    """Run `graph`'s nodes over `input_bag`, write `output_bag` (MCAP) and its report; return the report."""
+def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progress: bool = True,
+           overwrite: bool = False) -> ReplayReport:
+    """Run `graph`'s nodes over `input_bag`, write `output_bag` (MCAP) and its report; return the report.
+
+    The bag is written under a temporary name beside `output_bag` (.NAME.partial) and renamed when complete,
+    so an interrupted or killed run never leaves something that looks like a finished output or blocks the
+    next run (a leftover .partial is removed). An existing `output_bag` is an error unless `overwrite`."""
     output_bag = Path(output_bag)
-    if output_bag.exists():
-        raise ReplayError(f"output {str(output_bag)!r} exists; remove it or choose another path")
+    if output_bag.exists() and not overwrite:
+        raise ReplayError(f"output {str(output_bag)!r} exists; remove it, choose another path or overwrite it "
+                          "(--overwrite)")
+    partial = output_bag.with_name(f".{output_bag.name}.partial")
+    _remove(partial)  # left by a run that was killed
+    try:
+        report = _replay_into(input_bag, graph, partial, output_bag, progress)
+    except BaseException:
+        _remove(partial)
+        raise
+    if output_bag.exists():  # overwrite: the old output goes only once the new one is complete
+        old = output_bag.with_name(f".{output_bag.name}.old")
+        _remove(old)
+        output_bag.rename(old)
+        partial.rename(output_bag)
+        _remove(old)
+    else:
+        partial.rename(output_bag)
+    return report
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _replay_into(input_bag, graph: Graph, output_bag: Path, final_bag: Path, progress: bool) -> ReplayReport:
+    """replay() writing into `output_bag` (the temporary directory); the report names `final_bag`."""
     started = time.perf_counter()
     tf = TfBuffer(cache_s=3600.0, max_samples=100_000)
     with BagReader(input_bag) as reader:
@@ -640,7 +683,7 @@ def replay(input_bag: str | Path, graph: Graph, output_bag: str | Path, *, progr
             bar.close()
             outputs = dict(writer.counts)
     report = ReplayReport(
-        input_bag=str(input_bag), output_bag=str(output_bag), nodes=[node.report() for node in nodes],
+        input_bag=str(input_bag), output_bag=str(final_bag), nodes=[node.report() for node in nodes],
         messages_in=messages_in, outputs=outputs, wall_s=time.perf_counter() - started,
         unknown_types={topic: list(value) for topic, value in unknown.items()}, warnings=warnings,
         bag_error=bag_error,
