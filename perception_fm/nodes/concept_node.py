@@ -11,6 +11,13 @@ Publishes, stamped with the input image's header:
   instances/labels (mono16 or 32SC1 id per pixel), instances/overlay (rgb8), instances/markers (MarkerArray)
 Services: ~/set_concepts (perception_fm/SetConcepts), ~/prompt_object (perception_fm/PromptObject)
 No concept and no track: the model does not run (frames counted as skipped).
+
+Commands are user intent and are never dropped silently: every `concepts` message is kept (KEEP_ALL,
+reliable), queued by the callback and applied in arrival order by the worker (~/set_concepts applies what is
+queued before its own change), one log line per message; counters concept_messages_applied / _empty /
+_dropped (queue over MAX_PENDING_CONCEPT_MESSAGES) and bad_concept (refused phrases). A click or box outside
+the last image is refused (bad_prompt), not clamped; a prompt the worker has not started within
+prompt_timeout_s is withdrawn and answered "busy", so it never applies later and takes no track id.
 """
 from __future__ import annotations
 
