@@ -56,7 +56,14 @@ class DepthEvalError(ValueError):
 
 
 def resample_nearest(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(h, w[, C]) → (H, W[, C]) nearest neighbour, pixel centres aligned (INTER_NEAREST_EXACT)."""
+    """(h, w[, C]) → (H, W[, C]) nearest neighbour, pixel centres aligned (INTER_NEAREST_EXACT).
+
+    Not cv2.resize(..., INTER_NEAREST_EXACT) itself, because it is not identical: over 3000 random size pairs
+    (1 to 1920 pixels a side, up and down) it picked another source pixel in 893 pairs, 1.06 % of all pixels,
+    every one of them a tie (a target centre exactly on a source pixel edge), where its fixed-point scale falls
+    on either side (PIL's NEAREST gives the same as OpenCV). Exact integer arithmetic makes the rule one
+    rule: floor, the upper pixel. tests/test_eval_depth.py::test_resample_nearest_is_pixel_centre_aligned
+    checks equality with OpenCV off the ties."""
     h, w = image.shape[:2]
     height, width = int(shape[0]), int(shape[1])
     if (h, w) == (height, width):

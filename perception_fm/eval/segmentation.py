@@ -26,6 +26,16 @@ Over the sequence (tracking; ids persist across frames):
   IDFN) / 2), IDP, IDR.
 
 Memory: per frame only the ids and the small similarity matrix are kept, never masks.
+
+Ours or the reference tools': ours, checked against them. RLE decoding and mask IoU equal pycocotools'
+(tests/test_eval_segmentation.py::test_rle_decode_and_iou_equal_pycocotools); HOTA (and its DetA, AssA, LocA)
+and IDF1 equal TrackEval's (::test_hota_and_identity_equal_trackeval, ::test_random_sequences_equal_trackeval,
+::test_per_concept_sequences_equal_trackeval_on_that_concept, and end to end from a bag
+tests/test_eval_runner.py::test_segmentation_and_tracking_from_the_bag). Kept rather than delegated because
+neither tool can be a runtime dependency: pycocotools is a test requirement only (setup.py `dev`), and TrackEval
+is installed for the tests with --no-deps since its requirements replace opencv-python-headless with the GUI
+build; TrackEval also takes the whole sequence's data at once, where this module accumulates frame by frame in
+bounded memory (above). The RLE itself is perception_fm.core.masks, which the nodes use to publish masks.
 """
 from __future__ import annotations
 

@@ -13,6 +13,15 @@ evo (`evo_ape/evo_rpe --align [--correct_scale]`, TUM RGB-D benchmark notation),
   RPE uses the aligned estimate, so a Sim(3) alignment fixes its translation scale.
 
 Poses are (N, 4, 4) camera_to_world matrices. Stamps are any numeric type (int nanoseconds in the runner).
+
+Ours or evo's: ours, checked against evo (the tests' reference; setup.py's `eval` extra installs it). The
+tests show equality to 1e-6: tests/test_eval_trajectory.py::test_random_trajectories_match_evo (ATE with SE(3)
+and Sim(3) alignment), ::test_rpe_deltas_match_evo (RPE, several deltas, consecutive and all pairs),
+::test_association_matches_evo, ::test_synthetic_sample_path_matches_evo_and_recovers_the_scale. Kept rather
+than delegated because the alignment is perception_fm.geometry.sim3's Umeyama, which the depth pipeline needs
+anyway (one implementation, not two); the runner aligns each sequence segment on its own and keeps the fitted
+Sim(3) (test_segments_are_aligned_separately); and stamps stay exact integer nanoseconds, where evo takes float
+seconds (test_integer_nanosecond_stamps_associate_like_seconds).
 """
 from __future__ import annotations
 
