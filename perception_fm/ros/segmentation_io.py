@@ -66,7 +66,8 @@ CONCEPT_PARAMS = (
     Param("publish_markers", True, "Publish instances/markers (3D boxes and labels; needs depth)."),
     Param("use_depth", False, "Subscribe depth/image + depth/camera_info (e.g. from depth_node) and give each "
                               "instance a 3D centroid and extent.", read_only=True),
-    Param("depth_wait", 0.1, "Seconds to wait for the depth frame with the image's stamp.", min=0.0, max=5.0),
+    Param("depth_wait", 0.1, "Seconds an image waits for the depth frame of its stamp (in any arrival order); "
+                             "then it goes on without positions (counted no_depth).", min=0.0, max=60.0),
     # transport
     Param("image_transport", "raw", "raw: `image`; compressed: `image/compressed`.", choices=("raw", "compressed"),
           read_only=True),
