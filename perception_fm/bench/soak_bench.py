@@ -90,7 +90,7 @@ def _wait(condition, timeout: float, what: str) -> None:
 
 
 def run(node: str = "depth", minutes: float = 10.0, rate_hz: float = 2.0, process_res: int = 112,
-        sample_s: float = 5.0, warmup_s: float = 30.0, model: str = "da3-small") -> dict:
+        sample_s: float = 5.0, warmup_s: float = 60.0, model: str = "da3-small") -> dict:
     from perception_fm.bench.common import sample_frames
     from perception_fm.bench.node_bench import _Harness, _percentiles
 
@@ -151,17 +151,20 @@ def run(node: str = "depth", minutes: float = 10.0, rate_hz: float = 2.0, proces
                     rss = sampler.samples[-1][1] if sampler.samples else float("nan")
                     print(f"  {(last_progress - start) / 60:4.1f} min: {i + 1} frames sent, "
                           f"{len(harness.received)} outputs, RSS {rss:.0f} MB", flush=True)
-            # the last frames drain: wait until the node has accounted for every frame it received (processed or
-            # dropped, by a fresh diagnostic), or up to a minute where a frame never arrived
-            seen, deadline = harness.diagnostics_received, time.monotonic() + 60
+            # the last frames drain: wait (up to two minutes) until two fresh diagnostics agree that the node has
+            # received nothing more and accounted for every frame it received (processed or dropped). A frame
+            # DDS never delivered (the publisher keeps only the latest) shows as sent but not received.
+            seen, deadline, previous = harness.diagnostics_received, time.monotonic() + 120, None
             while time.monotonic() < deadline:
-                with harness.lock:
-                    now = _counters(harness.diagnostics, node_name)
-                    fresh = harness.diagnostics_received > seen + 1
-                if fresh and now.get("received", 0) - before.get("received", 0) >= count and (
-                        now.get("processed", 0) + now.get("dropped", 0) >= now.get("received", 0)):
-                    break
                 time.sleep(0.5)
+                with harness.lock:
+                    if harness.diagnostics_received <= seen:
+                        continue
+                    seen, now = harness.diagnostics_received, _counters(harness.diagnostics, node_name)
+                settled = now.get("processed", 0) + now.get("dropped", 0) >= now.get("received", 0)
+                if settled and previous is not None and now.get("received") == previous.get("received"):
+                    break
+                previous = now
             sampler.stop()
             with harness.lock:
                 after = _counters(harness.diagnostics, node_name)
@@ -207,7 +210,8 @@ def main(argv=None) -> int:
     parser.add_argument("--process-res", type=int, default=112, help="depth_node's process_res (multiple of 14)")
     parser.add_argument("--model", default="da3-small", help="depth_node's model")
     parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS samples")
-    parser.add_argument("--warmup-s", type=float, default=30.0, help="samples before this are left out of the slope")
+    parser.add_argument("--warmup-s", type=float, default=60.0,
+                        help="seconds of samples left out of the slope (model load, allocator and cache warm-up)")
     parser.add_argument("--json", help="also write the result to this file")
     parser.add_argument("--save", action="store_true", help="put the result into bench/results/<device>.json")
     args = parser.parse_args(argv)
