@@ -263,11 +263,9 @@ class ConceptReplay(ReplayNode):
     task = Task.SEGMENTATION
 
     def setup(self) -> None:
-        from perception_fm.pipelines.concepts import parse_concepts_message
         from perception_fm.ros import segmentation_io as io
 
         self.io = io
-        self.parse = parse_concepts_message
         self.handler = io.SegmentationFrameHandler(self.model, self.values)
         self.concepts_topic = self.node.topic(io.TOPIC_CONCEPTS)
         self.depth_info_topic = self.node.topic("depth/info")
@@ -291,13 +289,16 @@ class ConceptReplay(ReplayNode):
         return super().inputs | {self.concepts_topic} | depth_info
 
     def on_input(self, item: BagMessage) -> None:
-        if item.topic == self.concepts_topic:
-            for command in self.parse(item.message.data):
-                try:
-                    self.handler.concepts.apply(command)
-                except (BadInputError, ValueError) as error:
-                    self.events["bad_concept"] += 1
-                    self._error(f"concept command at {item.timestamp_ns} ns refused: {error}")
+        if item.topic == self.concepts_topic:  # counted and summarised as the live node does
+            outcome = self.handler.concepts.apply_message(item.message.data)
+            if outcome.empty:
+                self.events["concept_messages_empty"] += 1
+                self._error(f"concepts message at {item.timestamp_ns} ns: {outcome.summary()}")
+                return
+            self.events["concept_messages_applied"] += 1
+            if outcome.refused:
+                self.events["bad_concept"] += len(outcome.refused)
+                self._error(f"concepts message at {item.timestamp_ns} ns: {outcome.summary()}")
         elif item.topic == self.depth_info_topic and self.values["use_depth"]:
             self.depth_metric = item.message.is_metric
 
