@@ -25,14 +25,21 @@ def da3_small_checkpoint(tmp_path_factory):
     return save_pretrained(net, tmp_path_factory.mktemp("da3-small"), "da3-small")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def da3_nested_model():
     """DA3 Nested (Giant any-view + Large metric, 1.4 B parameters) with random weights: ~7 GB of RAM and
-    the suite's slowest build. Deliberately one instance per session, at the smallest input (process_res 14:
-    one 14-pixel patch per side); its tests are marked `slow` (run by default, CI included)."""
+    the suite's slowest build. Deliberately one instance per module that uses it (built once: only
+    test_da3_plugin.py does), freed when that module ends so the 7 GB are not held through the node tests; at
+    the smallest input (process_res 14: one 14-pixel patch per side); its tests are marked `slow` (run by
+    default, CI included)."""
+    import gc
+
     from perception_fm.hookspecs import ModelOptions, Task
     from perception_fm.plugin_manager import PluginManager
 
-    return PluginManager(entry_points=False).create(
+    model = PluginManager(entry_points=False).create(
         Task.DEPTH, "da3nested-giant-large", ModelOptions(random_weights=True, device="cpu",
                                                           extra={"process_res": 14}))
+    yield model
+    del model
+    gc.collect()
