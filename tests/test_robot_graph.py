@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import TransformStamped
 from sensor_msgs.msg import CameraInfo, Image
 from tf2_msgs.msg import TFMessage
@@ -220,8 +220,25 @@ def test_bad_tf_messages_do_not_stop_depth_node(graph, da3_small_checkpoint):
             log = node_log_so_far(node)
             return all(f"TF rejected ({reason}" in log for reason in reasons)
         graph.probe.wait_until(all_reported, 60, "the bad transforms reported in the log")
+        # /diagnostics counts them exactly, by reason, and says WARN while they come (like bad frames)
+        expected = {"tf_rejected_bad_quaternion": "2", "tf_rejected_bad_translation": "1",
+                    "tf_rejected_empty_frame_id": "1", "tf_rejected_self_transform": "1"}
+
+        def counted():
+            values = diagnostics_values(graph.probe, "depth_node") or {}
+            return all(values.get(key) == count for key, count in expected.items())
+
+        def warned():
+            return any(status.level == DiagnosticStatus.WARN and "TF rejected" in status.message
+                       for message in graph.probe.received("/diagnostics") for status in message.status
+                       if "depth_node" in status.name)
+        graph.probe.wait_until(counted, 60, f"/diagnostics values {expected}")
+        assert warned(), "no WARN status naming the TF rejects"
         # and it still processes frames, with TF (the good chain keeps coming)
-        run_until_processing(graph, node, "depth_node", "/depth/info", frames=5)
+        run_until_processing(graph, node, "depth_node", "/depth/info", frames=5)  # back to 'ok': no new rejects
+        values = diagnostics_values(graph.probe, "depth_node")
+        assert {key: values.get(key) for key in expected} == expected, values  # counters stay, status is ok
+        assert not any(key.endswith(("old_data", "cache_full")) for key in values), values
     finally:
         log = stop_node(node)
     assert node.returncode == 0, log

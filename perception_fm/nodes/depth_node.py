@@ -26,7 +26,7 @@ from perception_fm.ros import depth_io
 from perception_fm.ros.depth_io import DEPTH_PARAMS, DepthFrameHandler, DepthMessages
 from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.ros.qos import qos_profile
-from perception_fm.ros.tf import TfListener, TfPublisher
+from perception_fm.ros.tf import TfPublisher
 
 
 class DepthNode(ModelNode):
@@ -57,7 +57,7 @@ class DepthNode(ModelNode):
             "path": self.create_publisher(Path, depth_io.TOPIC_PATH, output_qos),
         }
         self._tf_publisher = TfPublisher(self)
-        self._tf_listener = TfListener(self)
+        self._tf_listener = self.create_tf_listener()  # its rejects are counted on /diagnostics
         self.handler: DepthFrameHandler | None = None
         self.start()
 

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -111,6 +111,9 @@ class ModelNode(Node):
         self._calls: list[_WorkerCall] = []
         self._calls_lock = threading.Lock()
         self._reported_drops: dict[str, int] = {}
+        # extra counted rejections on /diagnostics (e.g. TF): prefix -> (source of counts by reason, what they are)
+        self._counter_sources: dict[str, tuple[Callable[[], Mapping[str, int]], str]] = {}
+        self._reported_counters: dict[str, int] = {}
         self._reload = threading.Event()
         self._reload.set()  # the worker's first turn loads the model
         self._reconfigure = threading.Event()
@@ -129,6 +132,21 @@ class ModelNode(Node):
         if isinstance(publisher, GatedPublisher):
             publisher.gate = self._publish_gate
         return publisher
+
+    def add_diagnostic_counters(self, prefix: str, counts: Callable[[], Mapping[str, int]], what: str) -> None:
+        """Publish `counts()` (reason -> count, e.g. bad transforms) on /diagnostics as `<prefix>_<reason>`
+        values, with a WARN status naming `what` while the counts keep growing (as for bad frames): input the
+        node rejects outside its frames must be as visible as dropped frames."""
+        self._counter_sources[prefix] = (counts, what)
+
+    def create_tf_listener(self):
+        """A TfListener whose rejected transforms (bad quaternions, empty frame ids, ...) are counted on
+        /diagnostics as tf_rejected_<reason>."""
+        from perception_fm.ros.tf import TfListener
+
+        listener = TfListener(self)
+        self.add_diagnostic_counters("tf_rejected", lambda: listener.rejected, "TF rejected")
+        return listener
 
     def start(self) -> None:
         """Start the worker (loads the model, then processes frames). Subclasses call it last in __init__."""
@@ -307,16 +325,28 @@ class ModelNode(Node):
         bad_drops = {k: v for k, v in snapshot.items() if k.startswith("dropped_") and k != "dropped_stale"}
         recent = {k: v - self._reported_drops.get(k, 0) for k, v in bad_drops.items() if v > self._reported_drops.get(k, 0)}
         self._reported_drops = bad_drops
+        warnings = []
+        if recent:
+            warnings.append("dropped bad frames: " + ", ".join(f"{k[8:]} {v}" for k, v in sorted(recent.items())))
+        counters = {}
+        for prefix, (source, what) in self._counter_sources.items():
+            counts = {f"{prefix}_{reason}": int(count) for reason, count in sorted(source().items())}
+            new = {k: v - self._reported_counters.get(k, 0) for k, v in counts.items()
+                   if v > self._reported_counters.get(k, 0)}
+            if new:
+                warnings.append(f"{what}: " + ", ".join(f"{k[len(prefix) + 1:]} {v}" for k, v in new.items()))
+            counters.update(counts)
+        self._reported_counters = counters
         if self.model is None:
             status.level = DiagnosticStatus.ERROR
             status.message = self.model_error or "loading model"
-        elif recent:  # WARN while bad frames keep coming, OK again once they stop
+        elif warnings:  # WARN while bad input keeps coming, OK again once it stops
             status.level = DiagnosticStatus.WARN
-            status.message = "dropped bad frames: " + ", ".join(f"{k[8:]} {v}" for k, v in sorted(recent.items()))
+            status.message = "; ".join(warnings)
         else:
             status.level = DiagnosticStatus.OK
             status.message = "ok"
-        values = {"model": self.model_name(), "weights": getattr(self.model, "weights", ""), **snapshot}
+        values = {"model": self.model_name(), "weights": getattr(self.model, "weights", ""), **snapshot, **counters}
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         message = DiagnosticArray()
         message.header.stamp = self.get_clock().now().to_msg()

@@ -28,7 +28,7 @@ from perception_fm.ros import object_mesh_io as io
 from perception_fm.ros import pairing
 from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.ros.qos import qos_profile
-from perception_fm.ros.tf import TfListener, TfPublisher
+from perception_fm.ros.tf import TfPublisher
 from perception_fm.srv import ExportScene, LiftObject
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -47,7 +47,7 @@ class ObjectMeshNode(ModelNode):
         input_qos = qos_profile(self.values["input_qos"])
         # instances wait for the image, camera_info, depth and TF of their stamp in the shared pairer (as in
         # the replay); callbacks only store, the pairing timer releases arrays whose wait is over
-        self._tf_listener = TfListener(self)
+        self._tf_listener = self.create_tf_listener()  # its rejects are counted on /diagnostics
         self._pairing = LivePairing(self, pairing.instances_pairer(
             self.values, live_clock, use_depth=self.values["use_depth"], on_event=self.stats.event,
             on_drop=self._pairing_drop, tf_lookup=self._tf_listener.lookup), self._on_paired)
