@@ -96,3 +96,26 @@ def test_node_process_exits_2_with_one_error_line_on_a_bad_override(argument, na
     assert "Traceback" not in log, log
     errors = [line for line in log.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and named in errors[0], log
+
+
+# -- speech_node: spoken commands are user intent; a burst must never be overwritten at the sender ---------------
+
+@pytest.mark.parametrize("output_qos", ["reliable", "sensor_data"])
+def test_speech_node_concepts_publisher_keeps_a_burst_of_commands(output_qos):
+    from rclpy.qos import HistoryPolicy, ReliabilityPolicy
+
+    from perception_fm.nodes.speech_node import SpeechNode
+
+    context = Context()
+    rclpy.init(context=context)
+    node = SpeechNode(context=context, parameter_overrides=[Parameter("model", value="none-such"),
+                                                            Parameter("output_qos", value=output_qos)])
+    try:
+        qos = node._concepts.qos_profile
+        # KEEP_LAST 10 overwrote unsent commands when utterances came faster than DDS delivered them; best
+        # effort would not even match concept_node's reliable keep-all subscription
+        assert qos.reliability == ReliabilityPolicy.RELIABLE
+        assert qos.history == HistoryPolicy.KEEP_ALL or qos.depth >= 1000, qos
+    finally:
+        node.destroy_node()
+        rclpy.shutdown(context=context)

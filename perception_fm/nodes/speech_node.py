@@ -40,7 +40,11 @@ from perception_fm.speech.params import (MODEL_EXTRA_PARAMS, SPEECH_PARAMS, TOPI
 from perception_fm.speech.vad import EnergyVad, Utterance, vad_config_from
 
 AUDIO_QUEUE_DEPTH = 100  # audio chunks the subscription keeps (a gap in the audio breaks an utterance)
-OUTPUT_DEPTH = 10
+OUTPUT_DEPTH = 10  # transcripts: text for people and logs; the newest matter
+# Commands on `concepts` are user intent. concept_node keeps every one (keep-all reliable subscription), but a
+# keep-last writer overwrites commands DDS has not delivered yet when a burst of utterances (or a slow, loaded
+# subscriber) outpaces the link: 1,000 commands is minutes of speech, and a few kB of text.
+CONCEPTS_DEPTH = 1000
 WARMUP_S = 0.5
 
 
@@ -61,7 +65,11 @@ class SpeechNode(ModelNode):
         self._vad = EnergyVad(self._vad_config)
         self.phrases: tuple[str, ...] = ()
         output_qos = qos_profile(self.values["output_qos"], depth=OUTPUT_DEPTH)
-        self._concepts = self.create_publisher(String, TOPIC_CONCEPTS, output_qos)
+        # always reliable (latched when output_qos asks for it): a best-effort writer would lose commands and
+        # would not even match concept_node's reliable subscription
+        concepts_qos = qos_profile("transient_local" if self.values["output_qos"] == "transient_local"
+                                   else "reliable", depth=CONCEPTS_DEPTH)
+        self._concepts = self.create_publisher(String, TOPIC_CONCEPTS, concepts_qos)
         self._transcripts = self.create_publisher(String, TOPIC_TRANSCRIPT, output_qos)
         self._microphone: MicrophoneSource | None = None
         if self.values["source"] == "microphone":

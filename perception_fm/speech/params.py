@@ -44,7 +44,8 @@ SPEECH_PARAMS = (
     Param("max_queued_utterances", 4, "Utterances waiting for the model, at most; beyond, the oldest is dropped "
                                       "(counted as stale).", min=1, max=64, read_only=True),
     # outputs
-    Param("output_qos", "reliable", "QoS of `concepts` and `transcript` (the concept node subscribes reliable).",
+    Param("output_qos", "reliable", "QoS of `transcript`. `concepts` (commands) is always reliable with a "
+                                    "1000-message queue, latched when this is transient_local.",
           choices=PROFILES, read_only=True),
 )
 # A change of these reloads the model: a phrase list the model cannot use at all is then a model error
