@@ -557,3 +557,114 @@ def test_a_node_fed_corrupt_frames_logs_only_its_rate_limited_drop_lines(da3_sma
            if re.match(r"\s*(libpng|Corrupt JPEG|Premature end|\[\s*(WARN|ERROR):\d+@)", line)]
     assert raw == [], log
     assert "Traceback" not in log
+
+
+# -- max_image_pixels: a ROS parameter of every image-decoding node, read by the replay too -------------------
+
+IMAGE_NODES = ("depth_node", "concept_node", "object_mesh_node", "body_node")
+
+
+@pytest.mark.parametrize("node_type", IMAGE_NODES)
+def test_every_image_node_has_a_max_image_pixels_parameter(node_type):
+    from perception_fm.graph import NODE_TYPES
+    from perception_fm.ros.image_codec import MAX_IMAGE_PIXELS
+
+    table = {param.name: param for param in NODE_TYPES[node_type].param_table()}
+    param = table["max_image_pixels"]
+    assert param.default == MAX_IMAGE_PIXELS and param.min == 0  # the process default; 0 = no limit
+    with pytest.raises(ValueError):
+        param.check(-1)
+
+
+@pytest.mark.ros
+def test_a_node_with_a_small_max_image_pixels_drops_a_normal_frame_as_too_large(da3_small_checkpoint):
+    """Over DDS: depth_node with max_image_pixels 3000 gets a 64x48 (3072 px) frame: counted as too_large on
+    /diagnostics (WARN), not processed; raising the limit at runtime lets the next frame through."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from ros_probe import Probe, diagnostics_values, start_node, stop_node
+
+    from perception_fm.msg import DepthInfo
+
+    probe = Probe()
+    probe.record(DiagnosticArray, "/diagnostics")
+    probe.record(DepthInfo, "/depth/info")
+    node = start_node("perception_fm.nodes.depth_node", "-p", f"weights:={da3_small_checkpoint}",
+                      "-p", "process_res:=56", "-p", "input_qos:=reliable", "-p", "max_image_pixels:=3000",
+                      "-r", "image:=/pixels_test/image")
+    try:
+        publisher = probe.publisher(Image, "/pixels_test/image")
+
+        def values():
+            assert node.poll() is None, "the node process died:\n" + stop_node(node)
+            return diagnostics_values(probe, "depth_node") or {}
+
+        probe.wait_until(lambda: values().get("_message") == "ok", 120, "depth_node reporting a loaded model")
+        probe.wait_until(lambda: publisher.get_subscription_count() > 0, 30, "subscription matched")
+        frame = numpy_to_image(random_pixels("rgb8", 48, 64), "rgb8")
+        publisher.publish(frame)
+        probe.wait_until(lambda: values().get("dropped_too_large") == "1", 60, "the frame counted as too_large")
+        assert values()["_level"] == 1 and "too_large 1" in values()["_message"], values()
+        assert int(values().get("processed", 0)) == 0 and probe.received("/depth/info") == []
+    finally:
+        log = stop_node(node)
+        probe.close()
+    assert node.returncode == 0 and "Traceback" not in log, log
+    assert "dropped a frame (too_large)" in log and "max_image_pixels" in log, log  # the reason, rate-limited
+
+
+def _replay_with_limit(tmp_path, nodes: dict, limited: str):
+    import yaml
+
+    from perception_fm.graph import load_graph
+    from perception_fm.replay.runner import replay
+
+    nodes = {name: {**entry, "parameters": {**entry["parameters"],
+                                            **({"max_image_pixels": 3000} if name == limited else {})}}
+             for name, entry in nodes.items()}
+    path = tmp_path / "graph.yaml"
+    path.write_text(yaml.safe_dump({"nodes": nodes}))
+    report = replay(sample_bag_for(tmp_path), load_graph(path), tmp_path / "out", progress=False)
+    return {node["node"]: node for node in report.nodes}
+
+
+def sample_bag_for(tmp_path):
+    from scripted_segmentation import SAMPLE
+
+    from perception_fm.replay.synthetic import write_sample_bag
+
+    path = tmp_path / "bag"
+    write_sample_bag(path, SAMPLE)  # 64x48 = 3072 px: over a limit of 3000
+    return path
+
+
+def test_replay_of_depth_node_refuses_images_over_max_image_pixels(tmp_path, da3_small_checkpoint):
+    from perception_fm.replay.synthetic import TOPICS
+
+    nodes = {"depth_node": {"remappings": {"image": TOPICS["image"], "camera_info": TOPICS["camera_info"]},
+                            "parameters": {"weights": str(da3_small_checkpoint), "process_res": 56}}}
+    node = _replay_with_limit(tmp_path, nodes, "depth_node")["depth_node"]
+    assert node["processed"] == 0 and node["dropped"] == {"too_large": node["frames"]} and node["frames"] > 0, node
+    assert node["parameters"]["max_image_pixels"] == 3000
+    assert any("too_large" in error and "max_image_pixels" in error for error in node["errors"]), node
+
+
+@pytest.mark.parametrize("limited", ["concept_node", "object_mesh_node", "body_node"])
+def test_replay_of_instance_nodes_refuses_images_over_max_image_pixels(tmp_path, limited):
+    import scripted_meshes
+    from scripted_segmentation import use_in_default_manager
+    from test_replay_meshes import NODES
+
+    from perception_fm.hookspecs import Task
+    from perception_fm.plugin_manager import default_manager
+
+    use_in_default_manager()
+    manager = default_manager()
+    if "scripted-objects" not in {entry.spec.name for entry in manager.models(Task.OBJECT_MESH)}:
+        manager.register(scripted_meshes, name="scripted-meshes")
+    report = _replay_with_limit(tmp_path, NODES, limited)
+    node = report[limited]
+    assert node["dropped"].get("too_large", 0) >= 1 and node["processed"] == 0, node
+    assert set(node["dropped"]) == {"too_large"}, node
+    others = [report[name] for name in NODES if name not in (limited, "concept_node")]
+    if limited != "concept_node":  # the nodes without the limit still work
+        assert report["concept_node"]["processed"] > 0 and all(other["processed"] > 0 for other in others), report

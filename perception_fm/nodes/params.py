@@ -165,6 +165,21 @@ def declare(node, params: Iterable[Param], reject_unknown: bool = True) -> dict[
     return values
 
 
+# Parameters of every node that decodes camera images (depth, concept, object_mesh, body); the replay reads the
+# same. The default is the process's limit: 8K, or PERCEPTION_FM_MAX_IMAGE_PIXELS.
+def _image_params() -> tuple[Param, ...]:
+    from perception_fm.ros.image_codec import MAX_IMAGE_PIXELS
+
+    return (
+        Param("max_image_pixels", MAX_IMAGE_PIXELS, "Images with more pixels (width x height) are dropped, counted "
+              "as too_large; compressed ones before decoding, from the size their header declares (a small PNG "
+              "may declare 10000x10000). 0 = no limit. Default: 8K (33.2 Mpx) or PERCEPTION_FM_MAX_IMAGE_PIXELS.",
+              min=0),
+    )
+
+
+IMAGE_PARAMS = _image_params()
+
 # Parameters every model node has: which model, from where, on which device.
 MODEL_PARAMS = (
     Param("model", "", "Model name (see `perception-fm plugins`); the node's default when empty."),

@@ -12,7 +12,7 @@ from geometry_msgs.msg import Point, TransformStamped
 from perception_fm.core.masks import rle_decode
 from perception_fm.core.stamp_pairing import Paired
 from perception_fm.msg import HumanMesh
-from perception_fm.nodes.params import Param
+from perception_fm.nodes.params import IMAGE_PARAMS, Param
 from perception_fm.pipelines.body_tracking import BodyConfig, BodyTracker, Person
 from perception_fm.ros import marker_codec, pairing
 from perception_fm.ros.qos import PROFILES
@@ -41,6 +41,7 @@ BODY_PARAMS = (
     Param("image_transport", "raw", "raw: `image`; compressed: `image/compressed`.", choices=("raw", "compressed"),
           read_only=True),
     Param("input_qos", "sensor_data", "QoS of the image subscription.", choices=PROFILES, read_only=True),
+    *IMAGE_PARAMS,
 )
 MODEL_EXTRA_PARAMS = ()
 
@@ -80,7 +81,7 @@ class BodyFrameHandler:
         array = paired.frame
         if not self.tracker.people(array.instances):
             return None, None
-        found = pairing.paired_image(paired)
+        found = pairing.paired_image(paired, self.values["max_image_pixels"])
         if found is None:
             return None, None
         image, _, K = found

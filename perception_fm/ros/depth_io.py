@@ -17,7 +17,7 @@ from std_msgs.msg import Header
 
 from perception_fm.core.stamp_pairing import PairedInput, StampPairer
 from perception_fm.msg import DepthInfo
-from perception_fm.nodes.params import Param
+from perception_fm.nodes.params import IMAGE_PARAMS, Param
 from perception_fm.pipelines.depth_pipeline import DepthInput, DepthOutput, DepthPipeline, DepthPipelineConfig
 from perception_fm.ros.camera_info import camera_info_to_intrinsics, check_image_size, make_camera_info
 from perception_fm.ros.cloud_codec import xyzrgb_to_pointcloud2
@@ -66,6 +66,7 @@ DEPTH_PARAMS = (
     Param("output_qos", "reliable", "QoS of the published topics.", choices=PROFILES, read_only=True),
     Param("publish_confidence", True, "Publish depth/confidence when the model predicts it."),
     Param("publish_points", True, "Publish the point cloud."),
+    *IMAGE_PARAMS,
 )
 MODEL_EXTRA_PARAMS = ("process_res", "pose_method")  # passed to the model: a change reloads it
 
@@ -192,7 +193,8 @@ class DepthFrameHandler:
     def handle(self, message, camera_info: CameraInfo | None) -> tuple[DepthOutput, DepthMessages]:
         """Raises BadInputError for messages that cannot be processed (the caller counts the drop)."""
         header = message.header
-        rgb = compressed_to_rgb8(message) if isinstance(message, CompressedImage) else image_to_rgb8(message)
+        limit = self.values["max_image_pixels"]
+        rgb = compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) else image_to_rgb8(message, limit)
         intrinsics = None
         if camera_info is not None:
             camera = camera_info_to_intrinsics(camera_info)

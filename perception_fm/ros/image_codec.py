@@ -138,8 +138,8 @@ def _check_pixels(what: str, width: int, height: int, max_pixels: int | None, be
     max_pixels = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if max_pixels > 0 and width * height > max_pixels:
         raise BadInputError(
-            "too_large", f"{what} of {width}x{height} = {width * height / 1e6:.1f} Mpx is larger than "
-                         f"max_image_pixels = {max_pixels / 1e6:.1f} Mpx{before}")
+            "too_large", f"{what} of {width}x{height} = {width * height:,} px is larger than "
+                         f"max_image_pixels = {max_pixels:,} px{before}")  # exact: '0.0 Mpx' said nothing
 
 
 def image_to_numpy(msg: Image) -> np.ndarray:

@@ -20,7 +20,7 @@ from perception_fm.errors import BadInputError
 from perception_fm.geometry.camera import pixel_rays
 from perception_fm.geometry.mesh import export_meshes
 from perception_fm.msg import ObjectMesh
-from perception_fm.nodes.params import Param
+from perception_fm.nodes.params import IMAGE_PARAMS, Param
 from perception_fm.pipelines.object_lifting import LiftedObject, LiftJob, LiftPolicy, ObjectLifter
 from perception_fm.ros import marker_codec
 from perception_fm.ros.qos import PROFILES
@@ -54,6 +54,7 @@ OBJECT_PARAMS = (
     Param("image_transport", "raw", "raw: `image`; compressed: `image/compressed`.", choices=("raw", "compressed"),
           read_only=True),
     Param("input_qos", "sensor_data", "QoS of the image subscription.", choices=PROFILES, read_only=True),
+    *IMAGE_PARAMS,
 )
 MODEL_EXTRA_PARAMS = ()
 
@@ -108,7 +109,7 @@ class ObjectMeshHandler:
         array = paired.frame
         if not array.instances:
             return []
-        found = pairing.paired_image(paired)
+        found = pairing.paired_image(paired, self.values["max_image_pixels"])
         if found is None:
             return []
         image, image_message, K = found

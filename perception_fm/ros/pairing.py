@@ -108,8 +108,10 @@ def update_instance_waits(pairer: StampPairer, values: dict) -> None:
         pairer.set_wait(FIXED_FRAME_TF, values["image_wait"])
 
 
-def paired_image(paired: Paired):
-    """(rgb8 image, its message, intrinsics or None) of a released InstanceArray; None without its image."""
+def paired_image(paired: Paired, max_pixels: int | None = None):
+    """(rgb8 image, its message, intrinsics or None) of a released InstanceArray; None without its image.
+    An image over `max_pixels` (the node's max_image_pixels; None = the process limit) is BadInputError
+    'too_large'."""
     from sensor_msgs.msg import CompressedImage
 
     from perception_fm.ros.camera_info import camera_info_to_intrinsics
@@ -118,7 +120,8 @@ def paired_image(paired: Paired):
     message = paired.inputs.get(IMAGE)
     if message is None:
         return None
-    image = compressed_to_rgb8(message) if isinstance(message, CompressedImage) else image_to_rgb8(message)
+    image = compressed_to_rgb8(message, max_pixels) if isinstance(message, CompressedImage) \
+        else image_to_rgb8(message, max_pixels)
     info = paired.inputs.get(CAMERA_INFO)
     K = camera_info_to_intrinsics(info).K if info is not None else None
     return image, message, K

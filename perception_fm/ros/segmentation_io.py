@@ -16,7 +16,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from perception_fm.core.masks import label_image, mask_boxes, rle_encode
 from perception_fm.geometry.camera import pixel_rays
 from perception_fm.msg import Instance, InstanceArray
-from perception_fm.nodes.params import Param
+from perception_fm.nodes.params import IMAGE_PARAMS, Param
 from perception_fm.pipelines.concept_tracker import ConceptTracker, TrackerConfig, TrackerFrame
 from perception_fm.pipelines.concepts import ConceptSet
 from perception_fm.ros.camera_info import camera_info_to_intrinsics
@@ -73,6 +73,7 @@ CONCEPT_PARAMS = (
           read_only=True),
     Param("input_qos", "sensor_data", "QoS of the image subscription.", choices=PROFILES, read_only=True),
     Param("output_qos", "reliable", "QoS of the published topics.", choices=PROFILES, read_only=True),
+    *IMAGE_PARAMS,
 )
 MODEL_EXTRA_PARAMS = ("image_size", "max_conditioning_frames")
 
@@ -136,7 +137,8 @@ class SegmentationFrameHandler:
         return concepts
 
     def decode(self, message) -> np.ndarray:
-        return compressed_to_rgb8(message) if isinstance(message, CompressedImage) else image_to_rgb8(message)
+        limit = self.values["max_image_pixels"]
+        return compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) else image_to_rgb8(message, limit)
 
     def handle(self, message, depth: DepthFrame | None = None) -> tuple[TrackerFrame, SegmentationMessages] | None:
         """None when there is nothing to look for (no concept and no track): the model does not run."""
