@@ -177,20 +177,32 @@ def test_optical_frame_conventions():
 
 
 def test_camera_moves_and_turns():
+    """The tour: a loop and a bit, turning, changing speed and height (a trivial trajectory cannot follow it;
+    tests/test_eval_baselines.py measures by how much)."""
     config = SampleConfig(width=32, height=24)
     poses = [camera_link_to_world(config, i) for i in range(config.frames)]
     positions = np.array([p[:3, 3] for p in poses])
     steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
-    assert 1.0 < steps.sum() < 2.5
+    assert 5.0 < steps.sum() < 7.0
     assert steps.max() < 3 * steps.mean()  # smooth
+    assert steps.max() > 2.5 * steps.min()  # but not at one speed
+    assert np.ptp(positions[:, 2]) > 0.4  # up and down
     yaws = np.degrees([np.arctan2(p[1, 0], p[0, 0]) for p in poses])
-    assert 30 <= yaws.max() - yaws.min() <= 60
-    # not collinear: the path bends
+    assert 60 <= yaws.max() - yaws.min() <= 100
+    # a loop: the direction of travel turns all the way round, and the path comes back past its start
+    heading = np.unwrap(np.arctan2(np.diff(positions[:, 1]), np.diff(positions[:, 0])))
+    assert np.degrees(heading[-1] - heading[0]) > 360
+    later = positions[config.frames // 2:, :2]
+    assert np.min(np.linalg.norm(later - positions[0, :2], axis=1)) < 0.15
     centred = positions - positions.mean(axis=0)
     singular = np.linalg.svd(centred, compute_uv=False)
-    assert singular[1] > 0.05 * singular[0]
+    assert singular[1] > 0.5 * singular[0]  # far from a line
     inside = (positions > syn.ROOM_MIN + 0.3) & (positions < syn.ROOM_MAX - 0.3)
     assert inside.all()
+    # frame 0 is where the earlier walk started (tests elsewhere rely on what it shows)
+    np.testing.assert_allclose(poses[0][:3, 3], [-2.1, -0.7, 1.25], atol=1e-12)
+    still = SampleConfig(width=32, height=24, camera_motion=0.0)
+    assert all(np.array_equal(camera_link_to_world(still, i), poses[0]) for i in range(0, config.frames, 7))
 
 
 def test_moving_objects_move_and_static_ones_do_not(geom_frames):

@@ -1,5 +1,11 @@
 """One self-contained HTML file for an EvalResult (inline CSS, plots and images as base64 PNG; opens offline in
-any browser), and the numbers as JSON."""
+any browser), and the numbers as JSON.
+
+Every metric is shown with its trivial baselines (perception_fm.eval.baselines: constant pose and straight line
+for trajectories, constant depth, empty and whole-image masks) right below or beside it, and a metric that does
+not strictly beat all of them is marked "does not beat …" in red, with a summary banner at the top listing
+the headline metrics that failed. The JSON carries the same: each metric's "baselines" and "beats_baselines".
+"""
 from __future__ import annotations
 
 import base64
@@ -38,6 +44,11 @@ th { background:#f2f4f7; font-weight:600; font-size:12px; color:#475467; }
 td.num { text-align:right; font-variant-numeric: tabular-nums; white-space:nowrap; }
 tr.secondary td { color:var(--muted); }
 tr.group td { background:#f9fafb; font-weight:650; color:var(--fg); }
+tr.baseline td { color:var(--muted); font-size:12px; background:#fcfcfd; }
+td.lost, span.lost { color:var(--bad); font-weight:650; }
+.warnbox { margin:16px 0; padding:10px 16px; border-radius:8px; background:#fffaeb; border:1px solid #f79009;
+           color:#93370d; }
+span.base { color:var(--muted); font-size:12px; white-space:nowrap; }
 td.note, span.note { color:var(--muted); font-size:12px; font-weight:400; }
 .metrics { width:100%; }
 .plots { display:grid; grid-template-columns: repeat(2, minmax(0, 1fr)); gap:16px; }
@@ -112,6 +123,10 @@ def _trajectory_plot(result: EvalResult) -> str | None:
         ax.plot(view.gt_xyz[:, 0], view.gt_xyz[:, 1], "-", color="#222", linewidth=1.6, label="ground truth")
         ax.plot(view.est_xyz[:, 0], view.est_xyz[:, 1], "-", color="#2e5bff", linewidth=1.2,
                 label=f"estimate ({view.label}-aligned)")
+        for (name, xyz), colour in zip(view.baselines.items(), ("#98a2b3", "#f79009")):
+            marker = "o" if len(np.unique(np.round(xyz, 6), axis=0)) == 1 else None  # a constant pose is a point
+            ax.plot(xyz[:, 0], xyz[:, 1], "--", color=colour, linewidth=1.0, marker=marker, markersize=5,
+                    label=f"baseline: {name}")
         step = max(1, len(view.gt_xyz) // 40)
         for g, e in zip(view.gt_xyz[::step], view.est_xyz[::step]):
             ax.plot([g[0], e[0]], [g[1], e[1]], color="#d92d20", linewidth=0.6, alpha=0.6)
@@ -140,8 +155,13 @@ def _cards(result: EvalResult) -> str:
                     and (variant is None or r.variant == variant)), None)
         if row is not None:
             label = f"{row.name}" + (f" · {row.variant}" if row.variant else "")
-            picks.append(f'<div class="card"><div class="v">{_esc(format_value(row.value, row.unit))}</div>'
-                         f'<div class="k">{_esc(GROUP_TITLES[group])} · {_esc(label)}</div></div>')
+            base = "".join(f'<div class="k">{_esc(name)}: {_esc(format_value(v, row.unit))}</div>'
+                           for name, v in row.baselines.items())
+            lost = row.not_beaten
+            mark = f'<div class="k lost">does not beat {_esc(", ".join(lost))}</div>' if lost else ""
+            picks.append(f'<div class="card"><div class="v{" lost" if lost else ""}">'
+                         f'{_esc(format_value(row.value, row.unit))}</div>'
+                         f'<div class="k">{_esc(GROUP_TITLES[group])} · {_esc(label)}</div>{base}{mark}</div>')
     return f'<div class="cards">{"".join(picks)}</div>' if picks else ""
 
 
@@ -158,12 +178,22 @@ def _depth_table(result: EvalResult) -> str:
     out = [f'<h3>Depth</h3><table class="metrics"><tr><th>Alignment</th>{head}<th>Frames</th></tr>']
     for mode, primary, frames, rows in matrix:
         cls = "" if primary else ' class="secondary"'
-        cells = "".join(f'<td class="num">{_esc(format_value(r.value, "%" if r.unit == "%" else ""))}</td>'
-                        for r in rows)
+        cells = "".join(
+            f'<td class="num{" lost" if r.not_beaten else ""}"'
+            + (f' title="does not beat {_esc(", ".join(r.not_beaten))}"' if r.not_beaten else "")
+            + f'>{_esc(format_value(r.value, "%" if r.unit == "%" else ""))}{" ✗" if r.not_beaten else ""}</td>'
+            for r in rows)
         out.append(f'<tr{cls}><td>{"<b>" if primary else ""}{_esc(mode)}{"</b>" if primary else ""}'
                    f'<br><span class="note">{_esc(rows[0].note)}</span></td>{cells}'
                    f'<td class="num">{frames}</td></tr>')
+        for name in rows[0].baselines:
+            cells = "".join(f'<td class="num">{_esc(format_value(r.baselines.get(name, float("nan")), unit))}</td>'
+                            for r, unit in ((r, "%" if r.unit == "%" else "") for r in rows))
+            out.append(f'<tr class="baseline"><td>&nbsp;&nbsp;baseline: {_esc(name)}</td>{cells}<td></td></tr>')
     out.append("</table>")
+    if any(r.not_beaten for _, _, _, rows in matrix for r in rows):
+        out.append('<p class="sub"><span class="lost">✗</span> the model does not beat the constant-depth baseline '
+                   "on this metric (hover for which).</p>")
     return "\n".join(out)
 
 
@@ -172,16 +202,23 @@ def _metric_table(rows: list[MetricRow]) -> str:
     if not rows:
         return ""
     out = ['<h3>Trajectory, segmentation and tracking</h3><table class="metrics"><tr><th>Metric</th>'
-           '<th>Variant</th><th>Value</th><th>Frames</th><th>Notes</th></tr>']
+           '<th>Variant</th><th>Value</th><th>Baselines (same frames, same alignment)</th><th>Frames</th>'
+           '<th>Notes</th></tr>']
     for group in GROUP_TITLES:
         selected = [r for r in rows if r.group == group]
         if not selected:
             continue
-        out.append(f'<tr class="group"><td colspan="5">{_esc(GROUP_TITLES[group])}</td></tr>')
+        out.append(f'<tr class="group"><td colspan="6">{_esc(GROUP_TITLES[group])}</td></tr>')
         for r in selected:
             cls = "" if r.primary else ' class="secondary"'
+            lost = r.not_beaten
+            base = "<br>".join(f'<span class="base">{_esc(name)}: {_esc(format_value(v, r.unit))}</span>'
+                               for name, v in r.baselines.items())
+            if lost:
+                base += f'<br><span class="lost">✗ does not beat {_esc(", ".join(lost))}</span>'
             out.append(f"<tr{cls}><td>{_esc(r.name)}{_arrow(r)}</td><td>{_esc(r.variant)}</td>"
-                       f'<td class="num">{_esc(format_value(r.value, r.unit))}</td>'
+                       f'<td class="num{" lost" if lost else ""}">{_esc(format_value(r.value, r.unit))}</td>'
+                       f"<td>{base}</td>"
                        f'<td class="num">{r.frames or ""}</td><td class="note">{_esc(r.note)}</td></tr>')
     out.append("</table>")
     return "\n".join(out)
@@ -231,6 +268,20 @@ def _provenance(result: EvalResult) -> str:
     return '<table class="kv">' + "".join(f"<tr><td>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
 
 
+def _baselines_section(result: EvalResult) -> str:
+    groups = result.details.get("baselines") or {}
+    if not groups:
+        return ""
+    items = "".join(f"<li><b>{_esc(name)}</b> ({_esc(GROUP_TITLES.get(group, group).lower())}): {_esc(text)}</li>"
+                    for group, named in groups.items() for name, text in named.items())
+    return ("<h3>Baselines</h3>"
+            '<p class="sub">Trivial estimators scored on the same frames and pixels, aligned exactly as the model '
+            "(the alignment is the only ground truth they see; they never see the model's output). A metric "
+            "beats its baselines when it is strictly better than each of them; a model that does not beat them "
+            "has not shown that it measures anything on this data.</p>"
+            f'<ul class="notes">{items}</ul>')
+
+
 def render_html(result: EvalResult, title: str = "perception_fm evaluation") -> str:
     p = result.provenance
     banner = ""
@@ -246,18 +297,33 @@ def render_html(result: EvalResult, title: str = "perception_fm evaluation") -> 
     plots_html = "".join(f'<div class="plot"><img src="{src}" alt="plot"></div>' for src in plots if src)
     notes = [f"<li><b>skipped:</b> {_esc(s)}</li>" for s in result.skipped]
     notes += [f"<li>{_esc(w)}</li>" for w in result.warnings]
+    lost = [r for r in result.rows if r.primary and r.not_beaten]
+    lost_box = ""
+    if lost:
+        items = "".join(f"<li>{_esc(GROUP_TITLES.get(r.group, r.group))} {_esc(r.name)}"
+                        f"{(' · ' + _esc(r.variant)) if r.variant else ''}: "
+                        f"{_esc(format_value(r.value, r.unit))}, not better than {_esc(', '.join(r.not_beaten))} "
+                        f"({_esc('; '.join(f'{n} {format_value(r.baselines[n], r.unit)}' for n in r.not_beaten))})"
+                        "</li>" for r in lost)
+        lost_box = (f'<div class="warnbox"><b>The model does not beat a trivial baseline on {len(lost)} headline '
+                    f"metric(s):</b><ul>{items}</ul></div>")
     depth_modes = (result.details.get("depth") or {}).get("mode_descriptions", {})
     mode_text = "; ".join(f"<code>{_esc(k)}</code>: {_esc(v)}" for k, v in depth_modes.items())
     sections = [
         f"<h1>{_esc(title)}</h1>",
         f'<div class="sub">{_esc(p.get("output_bag", ""))} · evaluated {_esc(p.get("evaluated_at", ""))}</div>',
         banner,
+        lost_box,
         _cards(result),
         "<h2>Metrics</h2>",
         '<p class="sub">Rows in black are the headline numbers for how the model reported its output '
-        "(metric or relative); grey rows are other alignments or breakdowns. ↓ lower is better, ↑ higher.</p>",
+        "(metric or relative); grey rows are other alignments or breakdowns. ↓ lower is better, ↑ higher. "
+        "Beside every metric: what trivial baselines score on the same frames with the same alignment "
+        '(see "Baselines" below); <span class="lost">✗ does not beat</span> marks a metric on which the model is '
+        "not strictly better than every baseline.</p>",
         (_depth_table(result) + _metric_table(result.rows)) if result.rows
         else "<p>No metric could be computed.</p>",
+        _baselines_section(result),
     ]
     if notes:
         sections += ["<h2>Notes</h2>", f'<ul class="notes">{"".join(notes)}</ul>']
@@ -268,7 +334,8 @@ def render_html(result: EvalResult, title: str = "perception_fm evaluation") -> 
         "<footer>Depth: AbsRel, SqRel, RMSE, RMSE log and δ thresholds over pixels valid in both maps, mean over "
         f"frames. Alignments: {mode_text or 'n/a'}. Trajectory: ATE/RPE after Umeyama alignment on positions "
         "(evo conventions). Segmentation: Hungarian matching on concept-gated mask IoU; tracking: HOTA (mean over "
-        "α 0.05…0.95) and IDF1 with TrackEval's conventions. Generated by perception_fm.eval.</footer>")
+        "α 0.05…0.95) and IDF1 with TrackEval's conventions. Baselines: perception_fm.eval.baselines. Generated by "
+        "perception_fm.eval.</footer>")
     body = "\n".join(s for s in sections if s)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -11,6 +11,11 @@ matrices do, by a few hundred bytes per frame).
 Depth relative to one scale per sequence (DepthInfo.scale_source "window_chain") needs that scale before its
 metrics: the bag's depth topics are then read a second time. Sequences are split where the stream restarted
 (stamp went back, or a multi-view stream's window fell back to one view: the pipeline was reset).
+
+Baselines (perception_fm.eval.baselines, where each is defined exactly): every metric row carries what trivial
+estimators score on the same frames with the same alignment — trajectory: a constant pose and a straight line;
+depth: a constant depth; segmentation and tracking: empty masks and whole-image masks — and whether the model
+beats all of them (MetricRow.baselines, MetricRow.beats_baselines; the report marks a model that does not).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from perception_fm.errors import PerceptionFmError
+from perception_fm.eval import baselines as baseline_eval
 from perception_fm.eval import depth as depth_eval
 from perception_fm.eval import segmentation as seg_eval
 from perception_fm.eval import trajectory as traj_eval
@@ -86,9 +92,27 @@ class MetricRow:
     primary: bool = True
     lower_is_better: bool | None = None
     note: str = ""
+    baselines: dict[str, float] = field(default_factory=dict)  # baseline name -> its value of this metric
+
+    @property
+    def not_beaten(self) -> list[str] | None:
+        """Baselines this value does not strictly beat ([] = beats them all; None = nothing to compare)."""
+        return baseline_eval.not_beaten(self.value, self.baselines, self.lower_is_better)
+
+    @property
+    def beats_baselines(self) -> bool | None:
+        lost = self.not_beaten
+        return None if lost is None else not lost
 
     def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
+        out = {k: _finite_or_none(v) for k, v in self.__dict__.items() if k != "baselines"}
+        out["baselines"] = {name: _finite_or_none(v) for name, v in self.baselines.items()}
+        out["beats_baselines"] = self.beats_baselines
+        return out
+
+
+def _finite_or_none(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
 @dataclass
@@ -121,6 +145,7 @@ class TrajectoryView:
     est_xyz: np.ndarray  # (M, 3) aligned estimate
     t_s: np.ndarray
     ate: np.ndarray
+    baselines: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (M, 3) aligned baseline positions
 
 
 @dataclass
@@ -160,15 +185,26 @@ class EvalResult:
         if matrix:
             header = ["DEPTH ALIGNMENT"] + [r.name + (f" ({r.unit})" if r.unit == "m" else "") for r in matrix[0][3]] \
                 + ["FRAMES"]
-            lines = [[mode + (" *" if primary else "")] + [format_value(r.value, "%" if r.unit == "%" else "")
-                                                           for r in rows] + [str(frames)]
-                     for mode, primary, frames, rows in matrix]
+            lines = []
+            for mode, primary, frames, rows in matrix:
+                lines.append([mode + (" *" if primary else "")] + [
+                    format_value(r.value, "%" if r.unit == "%" else "") + ("" if r.beats_baselines is not False
+                                                                           else " !") for r in rows] + [str(frames)])
+                for name in rows[0].baselines:
+                    lines.append([f"  {name}"] + [format_value(r.baselines.get(name, float("nan")),
+                                                               "%" if r.unit == "%" else "") for r in rows] + [""])
             blocks.append(_aligned([header] + lines, left=1))
         others = [r for r in self.rows if r.group != "depth"]
         if others:
             lines = [[r.group.upper(), r.name + (" *" if r.primary else ""), r.variant,
-                      format_value(r.value, r.unit), str(r.frames) if r.frames else ""] for r in others]
-            blocks.append(_aligned([["GROUP", "METRIC", "VARIANT", "VALUE", "FRAMES"]] + lines, left=3))
+                      format_value(r.value, r.unit) + ("" if r.beats_baselines is not False else " !"),
+                      str(r.frames) if r.frames else "",
+                      ", ".join(f"{name} {format_value(v, r.unit)}" for name, v in r.baselines.items())]
+                     for r in others]
+            blocks.append(_aligned([["GROUP", "METRIC", "VARIANT", "VALUE", "FRAMES", "BASELINES"]] + lines,
+                                   left=3))
+        if any(r.beats_baselines is False for r in self.rows):
+            blocks.append("! = does not beat every baseline (perception_fm.eval.baselines) on this metric")
         return "\n\n".join(blocks)
 
 
@@ -236,6 +272,12 @@ class _Evaluation:
         self.depth = depth_eval.DepthEvaluator(min_depth=config.min_depth, max_depth=config.max_depth,
                                                shift_space=config.shift_space, modes=config.depth_modes)
         self.segmentation = seg_eval.SegmentationEvaluator(config.iou_threshold)
+        # the baselines go through evaluators of their own, configured like the model's (same modes, same
+        # thresholds), and get the model's frames, stamps, sequence segments and asked-for concepts
+        self.depth_baseline = depth_eval.DepthEvaluator(min_depth=config.min_depth, max_depth=config.max_depth,
+                                                        shift_space=config.shift_space, modes=config.depth_modes)
+        self.seg_baselines = {name: seg_eval.SegmentationEvaluator(config.iou_threshold)
+                              for name in (baseline_eval.EMPTY_MASKS, baseline_eval.WHOLE_IMAGE)}
         self.labels: dict[int, str] | None = None
         self.est_poses: list[tuple[int, np.ndarray]] = []
         self.path_poses: dict[int, np.ndarray] = {}
@@ -455,6 +497,8 @@ class _Evaluation:
             is_metric, source, segment = info if info is not None else (None, None, 0)
             results = self.depth.add(bundle.stamp_ns, pred, gt, is_metric=is_metric, scale_source=source,
                                      segment=segment)
+            self.depth_baseline.add(bundle.stamp_ns, baseline_eval.constant_depth_like(pred), gt,
+                                    is_metric=is_metric, scale_source=source, segment=segment)
             if sample is not None:
                 self._depth_sample(sample, pred, gt, results, is_metric)
         elif "depth" in parts or "gt_depth" in parts:
@@ -491,6 +535,12 @@ class _Evaluation:
             self.result.warnings.append(f"{self.topics.instances!r} lists no active concepts: every ground-truth "
                                         "instance counts")
         match = self.segmentation.add_frame(bundle.stamp_ns, predictions, labels, self.labels, active)
+        # whole-image masks for what the model was asked for (all labelled concepts when it does not say)
+        whole_for = active if active is not None else (sorted(set(self.labels.values())) if self.labels else None)
+        self.seg_baselines[baseline_eval.EMPTY_MASKS].add_frame(bundle.stamp_ns, [], labels, self.labels, active)
+        self.seg_baselines[baseline_eval.WHOLE_IMAGE].add_frame(
+            bundle.stamp_ns, baseline_eval.whole_image_instances((height, width), whole_for), labels, self.labels,
+            active)
         if sample is not None:
             _instance_sample(sample, predictions, labels, match, self.labels, sample.images.get("input"))
 
@@ -540,8 +590,10 @@ class _Evaluation:
             entry[part] = item.message
             if len(entry) == 2:
                 del pending[stamp]
-                self.depth.add_sequence_pass(stamp, image_to_numpy(entry["depth"]).astype(np.float32),
-                                             image_to_numpy(entry["gt_depth"]).astype(np.float32))
+                pred = image_to_numpy(entry["depth"]).astype(np.float32)
+                gt = image_to_numpy(entry["gt_depth"]).astype(np.float32)
+                self.depth.add_sequence_pass(stamp, pred, gt)
+                self.depth_baseline.add_sequence_pass(stamp, baseline_eval.constant_depth_like(pred), gt)
             while len(pending) > self.config.max_pending:
                 del pending[min(pending)]
 
@@ -700,6 +752,10 @@ def _summarise(ev: _Evaluation, out_reader: BagReader):
         result.warnings.append(f"{ev.frames_without_instances} ground-truth instance frame(s) had no "
                                f"{config.topics.instances!r} message with the same stamp; not evaluated")
     result.provenance = _provenance(ev, out_reader)
+    result.details["baselines"] = {group: dict(baseline_eval.DESCRIPTIONS[group])
+                                   for group in ("depth", "trajectory", "segmentation")
+                                   if any(r.group in (group, "tracking" if group == "segmentation" else group)
+                                          and r.baselines for r in result.rows)}
 
 
 def _summarise_depth(ev: _Evaluation):
@@ -710,7 +766,9 @@ def _summarise_depth(ev: _Evaluation):
                               "same stamp")
         return
     primary = ev.depth.primary_mode()
+    baseline = ev.depth_baseline.summary()
     result.details["depth"] = {"modes": summary, "primary": primary,
+                               "baselines": {baseline_eval.CONSTANT_DEPTH: baseline},
                                "sequence_scales": ev.depth.sequence_scales(),
                                "mode_descriptions": depth_eval.MODE_DESCRIPTIONS,
                                "max_depth": ev.config.max_depth, "min_depth": ev.config.min_depth}
@@ -721,7 +779,8 @@ def _summarise_depth(ev: _Evaluation):
             result.rows.append(MetricRow(
                 "depth", depth_eval.METRIC_LABELS[name], entry["metrics"][name], mode,
                 "%" if name.startswith("delta") else unit, entry["frames"], mode == primary,
-                depth_eval.LOWER_IS_BETTER[name], depth_eval.MODE_DESCRIPTIONS[mode]))
+                depth_eval.LOWER_IS_BETTER[name], depth_eval.MODE_DESCRIPTIONS[mode],
+                {baseline_eval.CONSTANT_DEPTH: baseline.get(mode, {}).get("metrics", {}).get(name, float("nan"))}))
         stamps, values = ev.depth.series(mode, "abs_rel")
         result.series.append(Series(f"depth_abs_rel_{mode}", f"AbsRel ({mode})", "", ev.t_of(stamps), values,
                                     "depth"))
@@ -775,24 +834,47 @@ def _summarise_trajectory(ev: _Evaluation):
         n = int(r.ate.size)
         unit = "m"  # the aligned estimate is in ground-truth units
         note = "scale estimated with the alignment" if with_scale else "rigid alignment"
-        for name, value in (("ATE RMSE", r.ate_stats.rmse), ("ATE mean", r.ate_stats.mean),
-                            ("ATE median", r.ate_stats.median), ("ATE max", r.ate_stats.max)):
-            result.rows.append(MetricRow("trajectory", name, value, label, unit, n, primary, True, note))
+        # the baselines at the estimate's own stamps and segments, aligned and scored the same way
+        base: dict[str, traj_eval.TrajectoryResult] = {}
+        for name, make in baseline_eval.TRAJECTORY_BASELINES.items():
+            try:
+                base[name] = traj_eval.evaluate_trajectory(
+                    gt_stamps, gt_poses, est_stamps, make(est_stamps, segments), with_scale=with_scale,
+                    max_diff=max_diff, delta=config.rpe_delta, all_pairs=config.rpe_all_pairs,
+                    est_segments=segments)
+            except traj_eval.TrajectoryEvalError as error:
+                result.warnings.append(f"trajectory baseline {name!r} ({label}) not evaluated: {error}")
+
+        def of(stat: str, field_name: str) -> dict[str, float]:
+            return {name: getattr(getattr(b, stat), field_name) for name, b in base.items()}
+
+        for name, field_name in (("ATE RMSE", "rmse"), ("ATE mean", "mean"), ("ATE median", "median"),
+                                 ("ATE max", "max")):
+            result.rows.append(MetricRow("trajectory", name, getattr(r.ate_stats, field_name), label, unit, n,
+                                         primary, True, note, of("ate_stats", field_name)))
         result.rows.append(MetricRow("trajectory", "RPE trans RMSE", r.rpe_trans_stats.rmse, label, unit,
-                                     r.rpe_trans_stats.count, primary, True, f"delta {config.rpe_delta} frame(s)"))
+                                     r.rpe_trans_stats.count, primary, True, f"delta {config.rpe_delta} frame(s)",
+                                     of("rpe_trans_stats", "rmse")))
         result.rows.append(MetricRow("trajectory", "RPE rot RMSE", r.rpe_rot_stats.rmse, label, "deg",
-                                     r.rpe_rot_stats.count, primary, True, f"delta {config.rpe_delta} frame(s)"))
+                                     r.rpe_rot_stats.count, primary, True, f"delta {config.rpe_delta} frame(s)",
+                                     of("rpe_rot_stats", "rmse")))
         if with_scale:
             result.rows.append(MetricRow("trajectory", "Sim(3) scale", r.scale, label, "", n, False, None,
                                          "estimate units → ground-truth units"))
         details["alignments"][label] = {
             "ate": r.ate_stats.to_dict(), "rpe_trans": r.rpe_trans_stats.to_dict(),
             "rpe_rot_deg": r.rpe_rot_stats.to_dict(), "scales": [s.scale for s in r.alignments],
-            "segments_used": r.segments_used, "segments_skipped": r.segments_skipped}
+            "segments_used": r.segments_used, "segments_skipped": r.segments_skipped,
+            "baselines": {name: {"ate": b.ate_stats.to_dict(), "rpe_trans": b.rpe_trans_stats.to_dict(),
+                                 "rpe_rot_deg": b.rpe_rot_stats.to_dict(), "scales": [s.scale for s in b.alignments]}
+                          for name, b in base.items()}}
         t = ev.t_of(r.stamps)
         result.series.append(Series(f"ate_{label}", f"ATE ({label})", unit, t, r.ate, "trajectory"))
+        # baseline positions at the same stamps (one stamp set: the association depends on stamps only)
+        views = {name: b.est_aligned[:, :3, 3].copy() for name, b in base.items()
+                 if np.array_equal(b.stamps, r.stamps)}
         result.trajectories.append(TrajectoryView(label, r.ref_poses[:, :3, 3].copy(), r.est_aligned[:, :3, 3].copy(),
-                                                  t, r.ate))
+                                                  t, r.ate, views))
     result.details["trajectory"] = details
 
 
@@ -806,16 +888,32 @@ def _summarise_segmentation(ev: _Evaluation):
     h = seg_eval.hota(seg.sequence())
     ident = seg_eval.identity(seg.sequence())
     thr = f"IoU ≥ {ev.config.iou_threshold:g}"
+    # the same numbers for the baselines (their evaluators saw the same frames and asked-for concepts)
+    base = {}
+    for name, evaluator in ev.seg_baselines.items():
+        b_totals, b_sequence = evaluator.totals(), evaluator.sequence()
+        b_h, b_ident = seg_eval.hota(b_sequence), seg_eval.identity(b_sequence)
+        base[name] = {"mIoU": b_totals["miou"], "precision": b_totals["precision"], "recall": b_totals["recall"],
+                      "HOTA": b_h.mean("hota"), "DetA": b_h.mean("det_a"), "AssA": b_h.mean("ass_a"),
+                      "IDF1": b_ident.idf1,
+                      "per_concept": {c: v["iou"] for c, v in b_totals["per_concept"].items()}}
+
+    def of(metric: str) -> dict[str, float]:
+        return {name: values[metric] for name, values in base.items()}
+
     rows = [
         MetricRow("segmentation", "mIoU", totals["miou"], "", "", frames, True, False,
-                  "mean over concepts of the matched mask IoU (0 when missed)"),
-        MetricRow("segmentation", "precision", totals["precision"], thr, "%", frames, True, False),
-        MetricRow("segmentation", "recall", totals["recall"], thr, "%", frames, True, False),
-        MetricRow("tracking", "HOTA", h.mean("hota"), "", "", frames, True, False, "mean over alpha 0.05..0.95"),
-        MetricRow("tracking", "DetA", h.mean("det_a"), "", "", frames, True, False),
-        MetricRow("tracking", "AssA", h.mean("ass_a"), "", "", frames, True, False),
+                  "mean over concepts of the matched mask IoU (0 when missed)", of("mIoU")),
+        MetricRow("segmentation", "precision", totals["precision"], thr, "%", frames, True, False, "",
+                  of("precision")),
+        MetricRow("segmentation", "recall", totals["recall"], thr, "%", frames, True, False, "", of("recall")),
+        MetricRow("tracking", "HOTA", h.mean("hota"), "", "", frames, True, False, "mean over alpha 0.05..0.95",
+                  of("HOTA")),
+        MetricRow("tracking", "DetA", h.mean("det_a"), "", "", frames, True, False, "", of("DetA")),
+        MetricRow("tracking", "AssA", h.mean("ass_a"), "", "", frames, True, False, "", of("AssA")),
+        # no baselines for LocA: it averages over matches only, and with none TrackEval's convention makes it 1
         MetricRow("tracking", "LocA", h.mean("loc_a"), "", "", frames, True, False),
-        MetricRow("tracking", "IDF1", ident.idf1, "", "", frames, True, False),
+        MetricRow("tracking", "IDF1", ident.idf1, "", "", frames, True, False, "", of("IDF1")),
         MetricRow("tracking", "IDTP", ident.idtp, "", "count", frames, False, False),
         MetricRow("tracking", "IDFP", ident.idfp, "", "count", frames, False, True),
         MetricRow("tracking", "IDFN", ident.idfn, "", "count", frames, False, True),
@@ -831,11 +929,13 @@ def _summarise_segmentation(ev: _Evaluation):
             "segmentation", "IoU", values["iou"], concept, "", 0, False, False,
             f"{values['instances']} instance-frames; P {format_value(values['precision'], '%')}, "
             f"R {format_value(values['recall'], '%')}, HOTA {format_value(values['HOTA'])}, "
-            f"IDF1 {format_value(values['IDF1'])}"))
+            f"IDF1 {format_value(values['IDF1'])}",
+            {name: b["per_concept"].get(concept, float("nan")) for name, b in base.items()}))
     result.rows.extend(rows[:3] + concept_rows + rows[3:])
     result.details["segmentation"] = {"totals": {k: v for k, v in totals.items() if k != "per_concept"},
                                       "per_concept": per_concept, "hota": h.to_dict(), "identity": ident.to_dict(),
                                       "iou_threshold": ev.config.iou_threshold,
+                                      "baselines": {name: {k: v for k, v in b.items()} for name, b in base.items()},
                                       "labels": bool(ev.labels is not None)}
     stamps = sorted(seg.per_frame)
     t = ev.t_of(stamps)

@@ -102,7 +102,9 @@ def align_trajectory(est_poses: np.ndarray, ref_poses: np.ndarray, with_scale: b
     if est_poses.shape[0] < 3:
         raise TrajectoryEvalError(f"need at least 3 associated poses to align, got {est_poses.shape[0]}")
     try:
-        return umeyama(est_poses[:, :3, 3], ref_poses[:, :3, 3], with_scale=with_scale, rank_tol=0.0)
+        # rank_tol -1: exactly collinear positions (a straight-line trajectory, e.g. the eval's baseline) align
+        # by Umeyama too; with rank_tol 0 they fell back to orientations, which is no least-squares fit of ATE
+        return umeyama(est_poses[:, :3, 3], ref_poses[:, :3, 3], with_scale=with_scale, rank_tol=-1.0)
     except DegenerateAlignmentError:
         sim3, _ = align_camera_poses(est_poses, ref_poses, with_scale=with_scale)
         return sim3
