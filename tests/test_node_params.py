@@ -119,3 +119,104 @@ def test_speech_node_concepts_publisher_keeps_a_burst_of_commands(output_qos):
     finally:
         node.destroy_node()
         rclpy.shutdown(context=context)
+
+
+# -- params files shared by every node of a robot (`/**:` sections) ---------------------------------------------
+
+def wait_for_log(process, condition, timeout: float = 120.0) -> str:
+    """The node's log once `condition(log)` holds (fails if the process ends first or the deadline passes)."""
+    import time
+
+    from ros_probe import node_log
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = node_log(process)
+        if condition(log):
+            return log
+        assert process.poll() is None, f"node ended (exit {process.returncode}):\n{log}"
+        time.sleep(0.1)
+    raise AssertionError(f"log condition not met within {timeout} s:\n{node_log(process)}")
+
+
+def params_file(tmp_path, document: dict):
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return str(path)
+
+
+@pytest.mark.parametrize("document, named", [
+    ({"/depth_node": {"ros__parameters": {"proces_res": 56}}}, "proces_res"),  # a typo addressed to this node
+    ({"depth_node": {"ros__parameters": {"proces_res": 56}}}, "proces_res"),  # (its name without the slash)
+    ({"/**/depth_node": {"ros__parameters": {"proces_res": 56}}}, "proces_res"),  # (in any namespace)
+    ({"/**": {"ros__parameters": {"process_res": "big"}}}, "process_res"),  # ours, with a bad value
+], ids=["own_section", "own_section_relative", "own_name_any_namespace", "wildcard_bad_value"])
+def test_params_file_errors_for_this_node_stop_it(tmp_path, document, named):
+    import subprocess
+
+    from ros_probe import start_node, stop_node
+
+    process = start_node("perception_fm.nodes.depth_node", "-p", "model:=none-such", "--params-file",
+                         params_file(tmp_path, document))
+    try:
+        code = process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        code = None
+    log = stop_node(process)
+    assert code == 2 and "Traceback" not in log, log
+    errors = [line for line in log.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and named in errors[0], log
+
+
+def test_unknown_keys_of_a_wildcard_section_are_one_warning_and_the_node_starts(tmp_path):
+    """A robot's shared params file: `/**` gives every node use_sim_time and other nodes' parameters. The
+    node warns once, naming the keys it does not have, and runs (before: exit 2 on the first one)."""
+    from ros_probe import start_node, stop_node
+
+    document = {"/**": {"ros__parameters": {"use_sim_time": False, "concepts": "red mug", "phrase_list": "a,b",
+                                            "window_size": 2}},
+                "/*": {"ros__parameters": {"person_concepts": "person"}},
+                "/depth_node": {"ros__parameters": {"model": "none-such"}},
+                "/concept_node": {"ros__parameters": {"detect_every": 3}}}  # not for this node: not applied
+    process = start_node("perception_fm.nodes.depth_node", "--params-file", params_file(tmp_path, document))
+    try:
+        # the node is up once its worker reports the (deliberately) unknown model
+        log = wait_for_log(process, lambda log: "could not be configured" in log)
+    finally:
+        log = stop_node(process)
+    assert process.returncode == 0 and "Traceback" not in log, log
+    warnings = [line for line in log.splitlines() if "WARN" in line and "wildcard" in line]
+    assert len(warnings) == 1, log
+    assert all(name in warnings[0] for name in ("concepts", "phrase_list", "person_concepts")), warnings
+    assert "window_size" not in warnings[0] and "detect_every" not in log, warnings
+
+
+def test_which_params_file_names_are_shared_by_wildcard_sections(tmp_path):
+    """In process, with the node's own arguments (Node(cli_args=)): nested and path forms, `*` (one name) and
+    `**` (any names), sections for other nodes, `-p` and parameter_overrides always addressed."""
+    from perception_fm.nodes.params import wildcard_only_names
+
+    document = {"/**": {"ros__parameters": {"a": 1, "nested": {"b": 2}, "window_size": 3, "keyframe_every": 4}},
+                "/*": {"ros__parameters": {"one_level": 1}},  # the root namespace: this node (no namespace)
+                "/*/*": {"ros__parameters": {"two_levels": 1}},  # not this node
+                "robot": {"depth_node": {"ros__parameters": {"other_ns": 1}}},  # /robot/depth_node: not this one
+                "/depth_node": {"ros__parameters": {"window_size": 5}},
+                "/**/depth_node": {"ros__parameters": {"cloud_stride": 2}}}
+    path = params_file(tmp_path, document)
+    context = Context()
+    rclpy.init(context=context)
+    args = ["--ros-args", "-p", "model:=none-such", "-p", "keyframe_every:=7", "--params-file", path]
+    try:
+        node = DepthNode(context=context, cli_args=args)
+        try:
+            assert wildcard_only_names(node, args) == {"a", "nested.b", "one_level"}
+            assert (node.values["model"], node.values["window_size"], node.values["cloud_stride"]) == \
+                ("none-such", 5, 2)
+        finally:
+            node.destroy_node()
+        with pytest.raises(Exception, match="unknown parameter 'a'"):  # a name given in code is addressed
+            DepthNode(context=context, cli_args=args, parameter_overrides=[Parameter("a", value=1)])
+    finally:
+        rclpy.shutdown(context=context)

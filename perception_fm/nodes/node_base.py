@@ -102,7 +102,8 @@ class ModelNode(Node):
         super().__init__(node_name, **kwargs)
         self._param_table = {param.name: param for param in MODEL_PARAMS + self.params}
         self._param_table["model"] = self._model_param()
-        self.values = declare(self, self._param_table.values())
+        self.values = declare(self, self._param_table.values(), cli_args=kwargs.get("cli_args") or (),
+                              addressed=[p.name for p in kwargs.get("parameter_overrides") or ()])
         self.stats = NodeStats()
         self.model = None
         self.model_error: str | None = None
@@ -382,7 +383,7 @@ def run_node(node_class, args=None) -> int:
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    from perception_fm.nodes.params import ParameterError
+    from perception_fm.nodes.params import ParameterError, remember_arguments
 
     tune_malloc()  # steady per-frame buffers without page-fault storms (see perception_fm.core.memory)
     stop = threading.Event()
@@ -390,6 +391,7 @@ def run_node(node_class, args=None) -> int:
     node = None
     try:
         rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+        remember_arguments(rclpy.get_default_context(), args)  # params.declare reads the params files named
         try:
             node = node_class()  # starts its worker at the end of its constructor
         except ParameterError:  # a bad -p / params-file value: params.declare logged it as one line

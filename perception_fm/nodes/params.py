@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -118,14 +120,96 @@ def resolve(params: Iterable[Param], values: Mapping[str, Any]) -> dict[str, Any
     return {name: param.check(values[name]) if name in values else param.default for name, param in table.items()}
 
 
-def declare(node, params: Iterable[Param], reject_unknown: bool = True) -> dict[str, Any]:
+# The arguments each rclpy context was initialised with (run_node records them; rclpy keeps none of them). A
+# context not recorded here was initialised from sys.argv, rclpy's own default.
+_CONTEXT_ARGS: "weakref.WeakKeyDictionary[Any, list[str]]" = weakref.WeakKeyDictionary()
+
+
+def remember_arguments(context, args: list[str] | None) -> None:
+    """Record the arguments `rclpy.init(args=args, context=context)` was given (None: sys.argv)."""
+    _CONTEXT_ARGS[context] = list(sys.argv if args is None else args)
+
+
+def _ros_arguments(args: Iterable[str]) -> list[str]:
+    """The arguments inside `--ros-args ... [--]` regions."""
+    inside, found = False, []
+    for arg in args:
+        if arg == "--ros-args":
+            inside = True
+        elif arg == "--":
+            inside = False
+        elif inside:
+            found.append(arg)
+    return found
+
+
+def _flat_names(parameters: Mapping, prefix: str = "") -> set[str]:
+    """Parameter names of a ros__parameters mapping (nested mappings are dotted names, as rcl reads them)."""
+    names = set()
+    for key, value in parameters.items():
+        name = f"{prefix}{key}"
+        names |= _flat_names(value, name + ".") if isinstance(value, Mapping) else {name}
+    return names
+
+
+def _sections(document: Any, path: tuple[str, ...] = ()):
+    """(node name tokens, parameter names) of each ros__parameters section of a params file; node names may be
+    nested mappings (`ns: node: ros__parameters:`) or paths (`/ns/node:`)."""
+    if not isinstance(document, Mapping):
+        return
+    for key, value in document.items():
+        if key == "ros__parameters" and isinstance(value, Mapping):
+            yield path, _flat_names(value)
+        elif isinstance(key, str):
+            yield from _sections(value, path + tuple(token for token in key.split("/") if token))
+
+
+def _matches(pattern: tuple[str, ...], name: tuple[str, ...]) -> bool:
+    """rcl's node-name wildcards: `*` is one token of the fully qualified name, `**` any number of them."""
+    if not pattern:
+        return not name
+    if pattern[0] == "**":
+        return any(_matches(pattern[1:], name[i:]) for i in range(len(name) + 1))
+    return bool(name) and pattern[0] in ("*", name[0]) and _matches(pattern[1:], name[1:])
+
+
+def wildcard_only_names(node, args: Iterable[str]) -> set[str]:
+    """Names this node gets from wildcard sections of its params files (`/**:`, `/*:`, `/ns/*:`) and from
+    nothing addressed to it: no `-p`, no section naming the node (`/name`, `name`, `/**/name`). A params file shared by all nodes of a robot
+    carries other nodes' parameters; such names are not typos of this node's. Unreadable files count as
+    addressed (the names stay errors)."""
+    import yaml
+
+    ros_args = _ros_arguments(args)
+    fqn = tuple(token for token in node.get_fully_qualified_name().split("/") if token)
+    addressed, wildcard = set(), set()
+    for flag, value in zip(ros_args, ros_args[1:]):
+        if flag in ("-p", "--param"):
+            addressed.add(value.split(":=", 1)[0].rsplit(":", 1)[-1])
+        elif flag == "--params-file":
+            try:
+                with open(value) as file:
+                    document = yaml.safe_load(file)
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                return set()
+            for pattern, names in _sections(document):
+                if _matches(pattern, fqn):  # `/**/depth_node` still names this node; `/**`, `/ns/*` do not
+                    (wildcard if pattern and pattern[-1] in ("*", "**") else addressed).update(names)
+    return wildcard - addressed
+
+
+def declare(node, params: Iterable[Param], reject_unknown: bool = True, cli_args: Iterable[str] = (),
+            addressed: Iterable[str] = ()) -> dict[str, Any]:
     """Declare `params` (the node's whole table) on an rclpy node, with descriptors, and return their values.
 
     The values given at start (``-p``, ``--params-file``, ``parameter_overrides``) are checked here first, so a
     bad one is one ERROR line naming the node and parameter and a ParameterError (node executables exit 2)
     instead of rclpy's traceback; an int given for a float parameter is taken as that float (rclpy itself would
     refuse it). With `reject_unknown`, a given name that is in no table and is not ROS's own is an error too:
-    rclpy would ignore it, and a typo such as ``proces_res`` would silently leave the default in place.
+    rclpy would ignore it, and a typo such as ``proces_res`` would silently leave the default in place. Names
+    that come only from wildcard sections of a params file (`/**:` shared by every node; see
+    wildcard_only_names) are one WARN line instead. `cli_args`: the node's own arguments (Node(cli_args=));
+    `addressed`: names given to this node in code (Node(parameter_overrides=)), always checked.
     """
     params = list(params)
     # rclpy keeps the start-time values of this node in _parameter_overrides (public API offers no way to
@@ -144,8 +228,19 @@ def declare(node, params: Iterable[Param], reject_unknown: bool = True) -> dict[
         raise ParameterError(message)
 
     if reject_unknown:
-        for name in sorted(given):
-            if name in table or name in ROS_PARAMS or name.startswith(ROS_PARAM_PREFIXES) or node.has_parameter(name):
+        unknown = [name for name in sorted(given) if not (
+            name in table or name in ROS_PARAMS or name.startswith(ROS_PARAM_PREFIXES) or node.has_parameter(name))]
+        shared: set[str] = set()
+        if unknown:
+            args = [*_CONTEXT_ARGS.get(node.context, sys.argv), *cli_args]
+            shared = wildcard_only_names(node, args) - set(addressed)
+            ignored = [name for name in unknown if name in shared]
+            if ignored:
+                node.get_logger().warning(
+                    f"node {node.get_name()!r}: ignoring {', '.join(ignored)}: given by a wildcard section (/**, "
+                    "/*) of a params file, and not parameters of this node (a file shared by several nodes)")
+        for name in unknown:
+            if name in shared:
                 continue
             fail(f"unknown parameter {name!r}{closest(name, table)}; `ros2 param list` or the node's parameter "
                  "table (README) lists the known ones")
