@@ -42,6 +42,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # DA3 Metric predicts depth for a canonical focal length: metres = focal_px * raw / 300.
 METRIC_CANONICAL_FOCAL = 300.0
+# Image resampling to the processed size: "upstream" = upstream's uint8 cv2 steps (resize_like_upstream; the
+# pixels the weights were trained on), "fast" = one float bilinear resize on the model's device (antialiased
+# when shrinking; no host work, but pixels differ from upstream's: see the README).
+RESIZE_UPSTREAM, RESIZE_FAST = "upstream", "fast"
+RESIZE_MODES = (RESIZE_UPSTREAM, RESIZE_FAST)
+# Which view's camera the network's attention treats as the reference (upstream's choices; its default
+# "saddle_balanced" reorders windows of 3+ views by their class tokens). Poses are published relative to view 0
+# whatever the choice.
+REF_VIEW_STRATEGIES = ("saddle_balanced", "saddle_sim_range", "first", "middle")
+DEFAULT_REF_VIEW_STRATEGY = "saddle_balanced"
 RANDOM_WEIGHTS = "random-init"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -204,14 +214,61 @@ def load_state(net, directory: Path) -> None:
         )
 
 
+def _nearest_patch_multiple(value: int) -> int:
+    """The multiple of 14 nearest to a whole pixel count, ties going up (as upstream's InputProcessor snaps);
+    at least one patch (upstream would give 1 px below 7 px, which its network cannot take)."""
+    below = value // PATCH_SIZE * PATCH_SIZE
+    above = below + PATCH_SIZE
+    return max(PATCH_SIZE, above if above - value <= value - below else below)
+
+
+def bounded_size(height: int, width: int, process_res: int) -> tuple[int, int]:
+    """Step 1 of upstream's "upper_bound_resize": the longest side scaled to `process_res`, each side then
+    rounded to whole pixels (Python's round, half to even, on the scaled float; at least 1 px). Unchanged when
+    the longest side already is `process_res`."""
+    longest = max(height, width)
+    if longest == process_res:
+        return height, width
+    scale = process_res / float(longest)
+    return max(1, int(round(height * scale))), max(1, int(round(width * scale)))
+
+
 def processed_size(height: int, width: int, process_res: int) -> tuple[int, int]:
-    """Longest side scaled to `process_res`, each side then rounded to the nearest multiple of 14."""
-    scale = process_res / max(height, width)
+    """(rows, columns) the network sees: upstream's "upper_bound_resize" — first the longest side to
+    `process_res` in whole pixels (bounded_size), then each side to the nearest multiple of the 14-pixel patch
+    (ties up). The two roundings in this order are what the weights were trained on: 1280x800 at 504 gives
+    504x322, where one rounding of the scaled float would give 504x308."""
+    bounded = bounded_size(height, width, process_res)
+    return _nearest_patch_multiple(bounded[0]), _nearest_patch_multiple(bounded[1])
 
-    def to_patch_multiple(value: float) -> int:
-        return max(PATCH_SIZE, int(round(value / PATCH_SIZE)) * PATCH_SIZE)
 
-    return to_patch_multiple(height * scale), to_patch_multiple(width * scale)
+def resize_like_upstream(image: np.ndarray, process_res: int) -> np.ndarray:
+    """`image` (H, W, 3) uint8 resized as upstream's InputProcessor does it, on the host with cv2: to
+    bounded_size, then to processed_size, each step INTER_AREA when shrinking and INTER_CUBIC when enlarging
+    (any side) and rounded to uint8 in between. Same pixels as upstream, bit for bit."""
+    import cv2
+
+    height, width = image.shape[:2]
+    for target in (bounded_size(height, width, process_res), processed_size(height, width, process_res)):
+        if target == image.shape[:2]:
+            continue
+        current = image.shape[:2]
+        enlarging = target[0] > current[0] or target[1] > current[1]
+        # Upstream's first step decides by the scale of the longest side, its second by any side growing;
+        # in the first step both sides scale alike, so "any side grows" is the same test.
+        interpolation = cv2.INTER_CUBIC if enlarging else cv2.INTER_AREA
+        image = cv2.resize(np.ascontiguousarray(image), (target[1], target[0]), interpolation=interpolation)
+    return image
+
+
+def from_upstream_pixel_convention(K):
+    """Intrinsics from DA3's pixel convention (the image spans [0, W] x [0, H], so the camera head's centred
+    principal point is W/2, H/2) to ROS/OpenCV's (pixel centres at integers: the centre is (W - 1)/2): the
+    principal point moves by -0.5 px. Works on numpy arrays and torch tensors (..., 3, 3); returns a copy."""
+    K = K.clone() if hasattr(K, "clone") else np.array(K, dtype=np.float64)
+    K[..., 0, 2] -= 0.5
+    K[..., 1, 2] -= 0.5
+    return K
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,7 +279,8 @@ class Da3DepthModel:
     """A DA3 network on one device, speaking the DepthModel protocol (perception_fm.tasks.depth)."""
 
     def __init__(self, variant: Da3Variant, net, *, weights: str, device: str, process_res: int = 504,
-                 pose_method: str = POSE_CAMERA_HEAD, precision: str = "auto"):
+                 pose_method: str = POSE_CAMERA_HEAD, precision: str = "auto", resize: str = RESIZE_UPSTREAM,
+                 ref_view_strategy: str = DEFAULT_REF_VIEW_STRATEGY):
         import torch
 
         self.variant = variant
@@ -234,6 +292,12 @@ class Da3DepthModel:
         if self.capabilities.pose_methods and pose_method not in self.capabilities.pose_methods:
             raise ValueError(f"pose_method must be one of {self.capabilities.pose_methods}, got {pose_method!r}")
         self.pose_method = pose_method if self.capabilities.pose_methods else "none"
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        self.resize = resize
+        if ref_view_strategy not in REF_VIEW_STRATEGIES:
+            raise ValueError(f"ref_view_strategy must be one of {REF_VIEW_STRATEGIES}, got {ref_view_strategy!r}")
+        self.ref_view_strategy = ref_view_strategy
         self.net = net.to(device).eval()
         self._amp_dtype = self._choose_precision(precision)
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
@@ -263,6 +327,8 @@ class Da3DepthModel:
             process_res=int(extra.get("process_res", 504)),
             pose_method=str(extra.get("pose_method", POSE_CAMERA_HEAD)),
             precision=str(extra.get("precision", "auto")),
+            resize=str(extra.get("resize", RESIZE_UPSTREAM)),
+            ref_view_strategy=str(extra.get("ref_view_strategy", DEFAULT_REF_VIEW_STRATEGY)),
         )
 
     def _choose_precision(self, precision: str):
@@ -290,9 +356,14 @@ class Da3DepthModel:
         if height < 2 or width < 2:
             raise BadInputError("empty", f"image of {width}x{height} pixels is too small")
         size = processed_size(height, width, self.process_res)
+        if self.resize == RESIZE_UPSTREAM:
+            # uint8 cv2 on the host (~1 ms for 640x480 -> 504x378 on one core): the only way to get upstream's
+            # pixels exactly (cv2's INTER_AREA/INTER_CUBIC with uint8 rounding have no torch equivalent).
+            image = resize_like_upstream(image, self.process_res)
         pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device, non_blocking=True)
+        # uint8 -> float32 / 255, then (x - mean) / std: torchvision's ToTensor + Normalize, operation for operation.
         pixels = pixels.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        if size != (height, width):
+        if pixels.shape[-2:] != size:
             pixels = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False,
                                    antialias=size[0] < height)
         tensor = ((pixels[0] - self._mean) / self._std).contiguous()
@@ -358,7 +429,11 @@ class Da3DepthModel:
             w2c = _homogeneous(output["extrinsics"][0].double().cpu().numpy())
             # Express every pose relative to the first view (view 0 = identity, the window's frame).
             result.world_to_camera = w2c @ np.linalg.inv(w2c[0])
-            result.intrinsics = output["intrinsics"][0].double().cpu().numpy()
+            intrinsics = output["intrinsics"][0].double().cpu().numpy()
+            # The camera head speaks DA3's pixel convention; our ray solve already gives ROS's (pixel centres
+            # at integers, like every K we publish). One conversion, here.
+            result.intrinsics = from_upstream_pixel_convention(intrinsics) if method == POSE_CAMERA_HEAD \
+                else intrinsics
         result.timings_ms["predict"] = (time.perf_counter() - started) * 1e3
         return result
 
@@ -371,13 +446,16 @@ class Da3DepthModel:
         from perception_fm.geometry.ray_pose import solve_ray_pose
 
         if method == POSE_CAMERA_HEAD:
-            return net(x, extrinsics, intrinsics, export_feat_layers=[], use_ray_pose=False, ref_view_strategy="first")
+            return net(x, extrinsics, intrinsics, export_feat_layers=[], use_ray_pose=False,
+                       ref_view_strategy=self.ref_view_strategy)
         height, width = x.shape[-2:]
         cam_token = None
         if extrinsics is not None:
             with torch.autocast(device_type=x.device.type, enabled=False):
                 cam_token = net.cam_enc(extrinsics, intrinsics, (height, width))
-        features, _ = net.backbone(x, cam_token=cam_token, export_feat_layers=[], ref_view_strategy="first")
+        # The backbone reorders views around the reference it picks and restores the order in its outputs.
+        features, _ = net.backbone(x, cam_token=cam_token, export_feat_layers=[],
+                                   ref_view_strategy=self.ref_view_strategy)
         with torch.autocast(device_type=x.device.type, enabled=False):
             head = net.head(features, height, width, patch_start_idx=0)
         K, world_to_camera = solve_ray_pose(head["ray"][0].float(), head["ray_conf"][0].float(), (height, width))
