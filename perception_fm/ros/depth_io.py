@@ -31,6 +31,13 @@ DEPTH_PARAMS = (
     Param("process_res", 504, "Longest image side the model works at (rounded to multiples of 14).", min=14, max=4096),
     Param("pose_method", "camera_head", "Pose estimation: camera_head (fast) or ray (ray map + DLT/RQ solve).",
           choices=("camera_head", "ray")),
+    Param("resize", "upstream", "Resampling to the processed size: upstream (uint8 cv2 area/cubic on the host, the "
+                                "pixels DA3 was trained on) or fast (one float bilinear resize on the device).",
+          choices=("upstream", "fast")),
+    Param("ref_view_strategy", "saddle_balanced", "DA3's reference view in windows of 3+ views (upstream's choices "
+                                                  "and default); poses are published in the same world frame "
+                                                  "whatever the choice.",
+          choices=("saddle_balanced", "saddle_sim_range", "first", "middle")),
     # pipeline
     Param("window_size", 1, "Views per model call: 1 = each frame alone; N > 1 = the last N-1 keyframes plus the "
                             "current frame (multi-view models), poses chained into one trajectory.", min=1, max=64),
@@ -68,7 +75,8 @@ DEPTH_PARAMS = (
     Param("publish_points", True, "Publish the point cloud."),
     *IMAGE_PARAMS,
 )
-MODEL_EXTRA_PARAMS = ("process_res", "pose_method")  # passed to the model: a change reloads it
+# passed to the model: a change reloads it
+MODEL_EXTRA_PARAMS = ("process_res", "pose_method", "resize", "ref_view_strategy")
 
 # Topic names relative to the node's namespace (remap them in launch files / config).
 TOPIC_DEPTH = "depth/image"
