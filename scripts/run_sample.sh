@@ -15,9 +15,8 @@ weights=""
 if [ "${1:-}" = "--weights" ]; then weights="${2:?--weights needs a directory or hub id}"; fi
 
 mkdir -p "$out"
-if [ ! -f "$out/sample_bag/metadata.yaml" ]; then
-  "$py" -m perception_fm.cli sample "$out/sample_bag"
-fi
+# always rewritten (deterministic, seconds): a bag left by an older version would be a different scene
+"$py" -m perception_fm.cli sample "$out/sample_bag" --force
 rm -rf "$out/sample_depth"
 config="$root/config/sample.yaml"
 if [ -n "$weights" ]; then

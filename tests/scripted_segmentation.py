@@ -11,7 +11,7 @@ from perception_fm.hookspecs import ModelSpec, Task, hookimpl
 from perception_fm.replay.synthetic import SampleConfig, instance_labels, render_frame
 from perception_fm.tasks.segmentation import Detections, Propagation, SegmentationCapabilities
 
-SAMPLE = SampleConfig(width=128, height=96, frames=60)
+SAMPLE = SampleConfig(width=128, height=96, frames=60, camera_path="walk")  # the views the tests were written for
 FRAMES = [render_frame(SAMPLE, i) for i in range(SAMPLE.frames)]
 LABELS = instance_labels(SAMPLE)
 

@@ -22,7 +22,7 @@ from sam3_tiny import save_tiny_sam3
 
 pytestmark = pytest.mark.ros
 
-SAMPLE = SampleConfig(width=96, height=72, frames=12)
+SAMPLE = SampleConfig(width=96, height=72, frames=12, camera_path="walk")  # the views these tests were written for
 FRAMES = [render_frame(SAMPLE, i) for i in range(SAMPLE.frames)]
 
 

@@ -12,7 +12,7 @@ from perception_fm.pipelines.depth_pipeline import DepthInput, DepthPipeline, De
 from perception_fm.replay.synthetic import SampleConfig, render_frame
 from perception_fm.tasks.depth import DepthCapabilities, DepthPrediction, PreparedView
 
-SAMPLE = SampleConfig(width=64, height=48, frames=40)
+SAMPLE = SampleConfig(width=64, height=48, frames=40, camera_path="walk")  # chained poses checked at 1e-9: the walk's scale
 FRAMES = [render_frame(SAMPLE, i) for i in range(SAMPLE.frames)]
 
 

@@ -16,7 +16,7 @@ from perception_fm.ros.segmentation_io import DepthFrame
 from perception_fm.ros.tf import ns_to_time, transform_to_matrix
 from scripted_meshes import CubeObjectModel
 
-SAMPLE = SampleConfig(width=128, height=96, frames=30)
+SAMPLE = SampleConfig(width=128, height=96, frames=30, camera_path="walk")  # the views these tests were written for
 FRAMES = {i: render_frame(SAMPLE, i) for i in (0, 5, 20, 29)}
 
 

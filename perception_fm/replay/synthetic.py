@@ -87,6 +87,8 @@ TOPICS = {
     "tf_static": "/tf_static",
 }
 
+CAMERA_PATHS = ("tour", "walk")
+
 # Room: x in [-3, 3], y in [-2.5, 2.5], z in [0, 2.6] (metres, world frame, z up).
 ROOM_MIN = np.array([-3.0, -2.5, 0.0])
 ROOM_MAX = np.array([3.0, 2.5, 2.6])
@@ -110,6 +112,10 @@ class SampleConfig:
     camera_link_frame: str = CAMERA_LINK_FRAME
     # scene knobs
     camera_motion: float = 1.0  # scales the camera's translation and rotation away from its start pose
+    # "tour": the default, a loop with turns and changes of speed and height that trivial trajectories cannot
+    # follow (the eval's baselines); "walk": the earlier, almost straight 1.4 m walk, kept for tests written
+    # against its views (same first frame)
+    camera_path: str = "tour"
     object_motion: float = 1.0  # scales how far the moving objects travel (0 freezes them)
     jpeg_quality: int = 90  # for write_sample_bag(compressed=True)
 
@@ -122,6 +128,8 @@ class SampleConfig:
             raise ValueError(f"rate_hz must be positive, got {self.rate_hz}")
         if not 1.0 <= self.fov_deg <= 170.0:
             raise ValueError(f"fov_deg must be in [1, 170], got {self.fov_deg}")
+        if self.camera_path not in CAMERA_PATHS:
+            raise ValueError(f"camera_path must be one of {CAMERA_PATHS}, got {self.camera_path!r}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
 
@@ -252,6 +260,8 @@ def camera_link_to_world(config: SampleConfig, index: int) -> np.ndarray:
     `camera_motion` scales every offset from the start pose (0: the camera stays at the start)."""
     s = _phase(config, index)
     k = config.camera_motion
+    if config.camera_path == "walk":
+        return _walk(s, k)
     progress = s - _TOUR_SPEED_SWING / (2.0 * math.pi) * math.sin(2.0 * math.pi * s)  # 0 -> 1, speed varies
     theta = _TOUR_THETA0 + 2.0 * math.pi * _TOUR_TURNS * progress
     rx, ry = _TOUR_AXES
@@ -265,6 +275,21 @@ def camera_link_to_world(config: SampleConfig, index: int) -> np.ndarray:
     # positive = looking down: 15 degrees at the start, down to 29 twice, so the floor near the camera (1 m) and
     # the far wall (5-6 m) share the frame
     pitch = _TOUR_START_PITCH + k * math.radians(7.0) * (1.0 - math.cos(4.0 * math.pi * s))
+    roll = math.radians(k * 2.5 * math.sin(3.0 * math.pi * s))
+    return _pose(_rot_z(yaw) @ _rot_y(pitch) @ _rot_x(roll), position)
+
+
+def _walk(s: float, k: float) -> np.ndarray:
+    """camera_path "walk" (the sample's path before the tour): about 1.4 m of translation, 45 degrees of yaw
+    (left to right while walking left and forward), pitch 8-17 degrees down and a little roll."""
+    w = 2.0 * math.pi * s
+    # offsets about the path's mid-point, scaled by camera_motion
+    dx = 1.1 * (s - 0.5) + 0.06 * math.sin(w)
+    dy = 0.9 * (s - 0.5) + 0.22 * math.sin(w)
+    dz = 0.10 * math.sin(math.pi * s) - 0.05 + 0.04 * math.sin(3.0 * math.pi * s)
+    position = (-1.55 + k * dx, -0.25 + k * dy, 1.3 + k * dz)
+    yaw = math.radians(k * (20.0 - 45.0 * s + 4.0 * math.sin(w)))
+    pitch = math.radians(12.5 + k * 4.5 * math.sin(w + 0.6))  # positive = looking down
     roll = math.radians(k * 2.5 * math.sin(3.0 * math.pi * s))
     return _pose(_rot_z(yaw) @ _rot_y(pitch) @ _rot_x(roll), position)
 
