@@ -1,7 +1,9 @@
 """Deterministic synthetic RGB-D sequence with ground truth, and a writer that puts it into a rosbag2 (MCAP) bag.
 
-This is the project's bundled sample: a closed, procedurally textured room with static and moving objects, seen
-by a camera that walks and looks around. Every frame is ray cast analytically (numpy, all pixels of a primitive
+This is the project's bundled sample: a closed, procedurally textured room (wood-tiled floor, patterned walls)
+with static and moving objects in front of the walls (depth steps at their outlines), seen by a camera that tours
+a loop with turns and changes of speed, height and pitch (camera_link_to_world), so that a trivial trajectory or
+a constant depth scores clearly worse than a correct estimate (tests/test_eval_baselines.py). Every frame is ray cast analytically (numpy, all pixels of a primitive
 at once), so the ground truth is exact:
 
 - depth: z-depth in metres along the optical axis (REP 118), float32. The room is closed, so every pixel hits
