@@ -439,7 +439,7 @@ class Da3DepthModel:
 
     def _forward_anyview(self, net, x, extrinsics, intrinsics, method):
         """Any-view forward. The camera head path is the network's own; the ray path runs the backbone and
-        the dual DPT head, then our confidence-weighted DLT + RQ solve on the ray map (no RANSAC)."""
+        the dual DPT head, then our robust confidence-weighted DLT + RQ solve on the ray map (ray_pose)."""
         import torch
         from addict import Dict
 
