@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -262,3 +263,91 @@ def test_up_stops_its_nodes_and_exits_0(probe, tmp_path, da3_small_checkpoint, s
     assert "Traceback" not in text and "RCLError" not in text, text
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}"), f"node process {pid} still running"
+
+
+# -- a stop request while the node process is still starting (interpreter, imports) ---------------------------
+
+def cmake_executable(tmp_path, name: str) -> str:
+    """The executable CMakeLists.txt generates for `ros2 run perception_fm <name>` (and launch files)."""
+    text = (ROOT / "CMakeLists.txt").read_text()
+    content = re.search(r'executables/\$\{executable\}"\s*CONTENT "((?:[^"\\]|\\.)*)"', text).group(1)
+    content = re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), content)  # CMake escapes
+    path = tmp_path / name
+    path.write_text(content.replace("${executable}", name))
+    return str(path)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+STOP_SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM}
+
+
+def signal_masks(pid: int) -> dict[str, int]:
+    """SigCgt / SigBlk of a process (bit n-1 = signal n), from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        return {key: int(value, 16) for key, value in (line.split(":") for line in status)
+                if key in ("SigCgt", "SigBlk")}
+
+
+def mapped(pid: int, library: str) -> bool:
+    with open(f"/proc/{pid}/maps") as maps:
+        return library in maps.read()
+
+
+def wait_for_state(process, condition, what: str, timeout: float = 120.0) -> None:
+    """Poll the process's state until `condition()` (no fixed sleeps: a loaded machine only makes it later)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the process ended before {what}: exit {process.returncode}"
+        assert time.monotonic() < deadline, f"{what} not within {timeout} s"
+        time.sleep(0.002)
+
+
+START_UP_MOMENTS = ["at_exec_blocked", "importing_numpy", "importing_rclpy", "handlers+0.2s", "handlers+0.5s",
+                    "handlers+1s"]
+
+
+@pytest.mark.parametrize("how, when, sig", [
+    *[("python_m", when, sig) for when in START_UP_MOMENTS for sig in STOP_SIGNALS],
+    *[("cmake_executable", when, sig) for when, sig in [("at_exec_blocked", "SIGINT"), ("importing_rclpy", "SIGINT"),
+                                                        ("importing_rclpy", "SIGTERM")]]])
+def test_a_stop_request_during_start_up_is_quiet(tmp_path, how, when, sig):
+    """SIGINT/SIGTERM while the process still imports (before run_node's handlers): no KeyboardInterrupt
+    traceback, exit 0. Moments are process states polled from /proc: a module's library mapped (mid-import),
+    the launcher's handlers caught (then +0.2/0.5/1 s after the start); `at_exec_blocked`: sent right after
+    exec by a supervisor that starts the node with the signals blocked (as `perception-fm up` could): the
+    launcher delivers it once its handlers are in place. Not covered: a plain signal in the first milliseconds
+    of the interpreter (before any of our code runs), which kills a process like any other program."""
+    number = STOP_SIGNALS[sig]
+    command = [sys.executable, "-m", "perception_fm.nodes.depth_node"] if how == "python_m" else \
+        [sys.executable, cmake_executable(tmp_path, "depth_node")]
+    log = open(tmp_path / "node.log", "w+")
+    blocked = when == "at_exec_blocked"
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS.values()) if blocked else None
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen([*command, "--ros-args", "-p", "model:=none-such"], stdout=log,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE})
+    finally:
+        if blocked:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    try:
+        if when == "importing_numpy":
+            wait_for_state(process, lambda: mapped(process.pid, "_multiarray_umath"), "numpy importing")
+        elif when == "importing_rclpy":
+            wait_for_state(process, lambda: mapped(process.pid, "_rclpy_pybind11"), "rclpy importing")
+        elif when.startswith("handlers"):
+            after = float(when.split("+")[1].rstrip("s"))
+            wait_for_state(process, lambda: signal_masks(process.pid)["SigCgt"] & (1 << (signal.SIGTERM - 1)),
+                           "the launcher's handlers")
+            wait_for_state(process, lambda: time.monotonic() - started >= after, f"{after} s after the start")
+        process.send_signal(number)
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.seek(0)
+        text = log.read()
+        log.close()
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    assert code in (0, 130), f"exit {code}:\n{text}"

@@ -10,6 +10,11 @@ Latest-frame policy: a frame arriving while the model runs replaces the waiting 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m: stop quietly on SIGINT/SIGTERM from here on, even while importing
+    from perception_fm.nodes.launcher import launch
+
+    raise SystemExit(launch("body_node"))  # imports this module again, as perception_fm.nodes.body_node
+
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
@@ -77,6 +82,3 @@ class BodyNode(ModelNode):
 def main(args=None) -> int:
     return run_node(BodyNode, args)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

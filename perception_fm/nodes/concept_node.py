@@ -21,6 +21,11 @@ prompt_timeout_s is withdrawn and answered "busy", so it never applies later and
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m: stop quietly on SIGINT/SIGTERM from here on, even while importing
+    from perception_fm.nodes.launcher import launch
+
+    raise SystemExit(launch("concept_node"))  # imports this module again, as perception_fm.nodes.concept_node
+
 import threading
 import traceback
 from collections import deque
@@ -298,6 +303,3 @@ class ConceptNode(ModelNode):
 def main(args=None) -> int:
     return run_node(ConceptNode, args)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -13,6 +13,11 @@ Parameters: perception_fm.ros.depth_io.DEPTH_PARAMS (`ros2 param describe` shows
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m: stop quietly on SIGINT/SIGTERM from here on, even while importing
+    from perception_fm.nodes.launcher import launch
+
+    raise SystemExit(launch("depth_node"))  # imports this module again, as perception_fm.nodes.depth_node
+
 import time
 
 from nav_msgs.msg import Path
@@ -109,6 +114,3 @@ class DepthNode(ModelNode):
 def main(args=None) -> int:
     return run_node(DepthNode, args)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

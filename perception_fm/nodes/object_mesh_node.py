@@ -15,6 +15,11 @@ never stalls the image path.
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m: stop quietly on SIGINT/SIGTERM from here on, even while importing
+    from perception_fm.nodes.launcher import launch
+
+    raise SystemExit(launch("object_mesh_node"))  # imports this module again, as perception_fm.nodes.object_mesh_node
+
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
@@ -128,6 +133,3 @@ class ObjectMeshNode(ModelNode):
 def main(args=None) -> int:
     return run_node(ObjectMeshNode, args)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -20,6 +20,11 @@ downloaded once (weights:=openai/whisper-small.en by default).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m: stop quietly on SIGINT/SIGTERM from here on, even while importing
+    from perception_fm.nodes.launcher import launch
+
+    raise SystemExit(launch("speech_node"))  # imports this module again, as perception_fm.nodes.speech_node
+
 import sys
 import threading
 
@@ -155,6 +160,3 @@ def main(args=None) -> int:
         rclpy.try_shutdown()
         return 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
