@@ -175,9 +175,9 @@ def _matches(pattern: tuple[str, ...], name: tuple[str, ...]) -> bool:
 
 def wildcard_only_names(node, args: Iterable[str]) -> set[str]:
     """Names this node gets from wildcard sections of its params files (`/**:`, `/*:`, `/ns/*:`) and from
-    nothing addressed to it: no `-p`, no section naming the node (`/name`, `name`, `/**/name`). A params file shared by all nodes of a robot
-    carries other nodes' parameters; such names are not typos of this node's. Unreadable files count as
-    addressed (the names stay errors)."""
+    nothing addressed to it: no `-p`, no section naming the node (`/name`, `name`, `/**/name`). A params file
+    shared by all nodes of a robot carries other nodes' parameters; such names are not typos of this node's.
+    Unreadable files count as addressed (the names stay errors)."""
     import yaml
 
     ros_args = _ros_arguments(args)

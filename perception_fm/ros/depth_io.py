@@ -202,7 +202,8 @@ class DepthFrameHandler:
         """Raises BadInputError for messages that cannot be processed (the caller counts the drop)."""
         header = message.header
         limit = self.values["max_image_pixels"]
-        rgb = compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) else image_to_rgb8(message, limit)
+        rgb = compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) \
+            else image_to_rgb8(message, limit)
         intrinsics = None
         if camera_info is not None:
             camera = camera_info_to_intrinsics(camera_info)

@@ -138,7 +138,8 @@ class SegmentationFrameHandler:
 
     def decode(self, message) -> np.ndarray:
         limit = self.values["max_image_pixels"]
-        return compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) else image_to_rgb8(message, limit)
+        return compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) \
+            else image_to_rgb8(message, limit)
 
     def handle(self, message, depth: DepthFrame | None = None) -> tuple[TrackerFrame, SegmentationMessages] | None:
         """None when there is nothing to look for (no concept and no track): the model does not run."""
