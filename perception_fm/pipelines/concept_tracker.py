@@ -12,15 +12,31 @@ decisions, frame by frame:
    is removed at zero. A new track is tentative (not published) until it has lived `confirmation_frames`
    frames; a tentative track unmatched for `max_unmatched_tentative` frames, or duplicating an older track
    (both matched by one detection) for `duplicate_frames` frames, is removed before anyone saw it;
-5. re-anchoring: every `recondition_every` frames, a confirmed track matched by a detection with score >=
-   `recondition_score` and IoU >= `recondition_iou` takes that detection's mask as a conditioning frame;
-6. memory: the frame's final masks are committed to the session (which bounds its memory).
+5. re-anchoring: every `recondition_every` frames, each detection with score >= `recondition_score` whose
+   best IoU with a track of its concept is >= `recondition_iou` is assigned to that one track (greedy over
+   detections in their order, a later one replacing an earlier one: at most one detection per track and one
+   track per detection, as SAM 3's reference); a confirmed track so assigned whose tracker score is above
+   `recondition_tracker_score` is re-anchored: this frame becomes a conditioning frame of its memory, written
+   from its own tracker mask (`recondition_on="tracker"`, transformers' default) or from the detection's
+   binarised mask ("detection", Meta's original sam3), and it publishes the detection's mask this frame;
+6. memory: the frame's masks are committed to the session (which bounds its memory). Before that, per
+   concept, a track whose mask would keep less than `shrink_threshold` of its area once every pixel is given
+   to the track with the highest mask logit there is blanked for this frame's memory (the reference's
+   "pixel-wise non-overlap, suppress shrunk objects");
+7. outputs: per concept, a pixel claimed by several published masks goes to the one with the highest tracker
+   score (the reference's object-wise non-overlap), so the masks of one concept are disjoint.
 
-Defaults follow SAM 3's video configuration (keep-alive 30, hot-start 15 frames, re-conditioning every 16).
+Defaults follow SAM 3's video configuration (transformers' Sam3VideoConfig: keep-alive 30, hot-start 15
+frames, re-conditioning every 16 frames on detections of score >= 0.8 and IoU >= 0.8, tracker object score
+logit > 0.8). Where we differ on purpose: tracks stay tentative (unpublished) during the hot-start, where
+transformers' streaming mode publishes them at once and never removes them; only confirmed tracks are
+re-anchored. Track ids start at 1 and are never reused; the tracks a frame starts take ids in the order of
+its detections (by concept, then by decreasing score), where transformers numbers from 0 in query order.
 Nothing here knows SAM 3: tests drive it with scripted sessions.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +49,12 @@ from perception_fm.tasks.segmentation import TrackingSession
 TENTATIVE, CONFIRMED = "tentative", "confirmed"
 STATE_NEW, STATE_TRACKED, STATE_LOST = 0, 1, 2  # perception_fm/Instance states
 MANUAL_PROMPT_ID = 0  # tracks started by clicks/boxes belong to no concept prompt
+RECONDITION_SOURCES = ("tracker", "detection")
+# The reference gates re-anchoring on the tracker's object-score logit > high_conf_thresh (0.8); our sessions
+# report that score as a probability, so the same gate is sigmoid(0.8).
+REFERENCE_TRACKER_SCORE_GATE = 1.0 / (1.0 + math.exp(-0.8))
+# Probability given to a suppressed mask for memory: the reference clamps its logits to -10.
+SUPPRESSED_PROBABILITY = 1.0 / (1.0 + math.exp(10.0))
 
 
 @dataclass(frozen=True)
@@ -49,11 +71,20 @@ class TrackerConfig:
     recondition_every: int = 16
     recondition_score: float = 0.8
     recondition_iou: float = 0.8
+    recondition_tracker_score: float = REFERENCE_TRACKER_SCORE_GATE  # tracker score (probability) needed, >
+    recondition_on: str = "tracker"  # memory of a re-anchored track: its tracker mask, or the detection's
+    shrink_threshold: float = 0.3  # memory: blank a mask keeping less than this share under non-overlap (0: off)
+    non_overlapping_outputs: bool = True  # published masks of one concept are disjoint (highest tracker score)
     max_objects: int = 100
 
     def __post_init__(self):
         if self.detect_every < 1 or self.keep_alive < 1 or self.max_objects < 1:
             raise ValueError("detect_every, keep_alive and max_objects must be >= 1")
+        if self.recondition_on not in RECONDITION_SOURCES:
+            raise ValueError(f"recondition_on must be one of {', '.join(RECONDITION_SOURCES)}, "
+                             f"got {self.recondition_on!r}")
+        if not 0.0 <= self.shrink_threshold <= 1.0:
+            raise ValueError(f"shrink_threshold must be in [0, 1], got {self.shrink_threshold}")
         if self.confirmation_frames < 0 or self.max_unmatched_tentative < 1 or self.duplicate_frames < 1:
             raise ValueError("confirmation_frames must be >= 0; max_unmatched_tentative, duplicate_frames >= 1")
 
@@ -102,6 +133,74 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     intersection = a @ b.T
     union = a.sum(1)[:, None] + b.sum(1)[None, :] - intersection
     return torch.where(union > 0, intersection / union.clamp(min=1), torch.zeros_like(intersection))
+
+
+def group_winners(values: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """(N, h, w) values, (N,) group of each -> (N, h, w) bool: True where an object has the highest value of its
+    group at that pixel (ties: the lowest index, as torch.argmax). One pass for all groups, no host sync."""
+    count = values.shape[0]
+    if count == 0:
+        return torch.zeros_like(values, dtype=torch.bool)
+    _, inverse = torch.unique(groups, return_inverse=True)
+    flat = values.flatten(1)
+    pixels = flat.shape[1]
+    index = inverse[:, None].expand(-1, pixels)
+    best = torch.full((int(inverse.max()) + 1, pixels), -math.inf, dtype=flat.dtype, device=flat.device)
+    best = best.scatter_reduce(0, index, flat, reduce="amax")
+    rows = torch.arange(count, device=flat.device)[:, None].expand(-1, pixels)
+    candidates = torch.where(flat == best[inverse], rows, count)
+    first = torch.full_like(best, count, dtype=torch.long).scatter_reduce(0, index, candidates, reduce="amin")
+    return (first[inverse] == rows).view_as(values)
+
+
+def suppress_shrunk(probabilities: torch.Tensor, groups: torch.Tensor, threshold: float,
+                    mask_threshold: float = 0.5) -> torch.Tensor:
+    """The reference's memory rule, per group of two or more masks: give every pixel to the mask with the
+    highest probability there; a mask that then keeps less than `threshold` of its area (above
+    `mask_threshold`) is blanked (every probability clamped to SUPPRESSED_PROBABILITY, as the reference clamps
+    logits to -10). The other masks are returned unchanged (overlapping): the non-overlap only decides which
+    are blanked. An empty mask in a group of two or more is blanked too, as in the reference.
+
+    Probabilities are compared, not logits: where two masks both round to 1.0 in float32 (logits above ~16.6)
+    the lower index owns the pixel, where the reference would compare the logits."""
+    count = probabilities.shape[0]
+    if count < 2 or threshold <= 0:
+        return probabilities
+    foreground = probabilities > mask_threshold
+    owned = foreground & group_winners(probabilities, groups)
+    before = foreground.flatten(1).sum(1).clamp(min=1)
+    after = owned.flatten(1).sum(1)
+    _, inverse, sizes = torch.unique(groups, return_inverse=True, return_counts=True)
+    blank = (after < threshold * before) & (sizes[inverse] > 1)
+    return torch.where(blank[:, None, None], probabilities.clamp(max=SUPPRESSED_PROBABILITY), probabilities)
+
+
+def partition_by_score(probabilities: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
+                       mask_threshold: float = 0.5) -> torch.Tensor:
+    """The reference's output rule: per group, a pixel in several masks (probability > mask_threshold) stays
+    only in the mask of the highest score (ties: the lower index). The others are lowered there to at most
+    2 * mask_threshold - (the winner's probability): the masks of a group are then disjoint, and stay so after
+    any bilinear resampling of them when mask_threshold >= 0.5 (any two masks sum to <= 2 * mask_threshold
+    at every pixel, so a weighted mean of pixels cannot put both above the threshold)."""
+    if probabilities.shape[0] < 2:
+        return probabilities
+    foreground = probabilities > mask_threshold
+    ranked = torch.where(foreground, scores.to(probabilities.dtype)[:, None, None], -math.inf)
+    winner = group_winners(ranked, groups) & foreground
+    _, inverse = torch.unique(groups, return_inverse=True)
+    # the winner's probability at each pixel of each group, 0 where the group has none
+    flat = torch.where(winner, probabilities, 0.0).flatten(1)
+    claimed = torch.zeros(int(inverse.max()) + 1, flat.shape[1], dtype=flat.dtype, device=flat.device)
+    claimed = claimed.scatter_reduce(0, inverse[:, None].expand_as(flat), flat, reduce="amax")
+    claimed = claimed[inverse].view_as(probabilities)
+    ceiling = (2.0 * mask_threshold - claimed).clamp(min=0.0)
+    lowered = torch.minimum(probabilities, ceiling)
+    return torch.where(winner | (claimed <= 0), probabilities, lowered)
+
+
+def _shares_a_group(groups: list[int]) -> bool:
+    """Whether two of these belong to one group (else the non-overlap rules have nothing to do)."""
+    return len(set(groups)) < len(groups)
 
 
 class ConceptTracker:
@@ -181,19 +280,33 @@ class ConceptTracker:
         keep = [i for i, obj_id in enumerate(propagation.obj_ids) if obj_id in self.tracks]
         track_masks = propagation.masks[keep] if len(keep) != len(propagation.obj_ids) else propagation.masks
         track_scores = propagation.scores[keep] if len(keep) != len(propagation.obj_ids) else propagation.scores
-        final_masks = {obj_id: track_masks[i] for i, obj_id in enumerate(track_ids)}
         track_binary = track_masks > config.mask_threshold
         nonempty = track_binary.flatten(1).any(1).cpu().numpy() if len(track_ids) else np.zeros(0, bool)
 
         result = TrackerFrame(frame=frame, detected=detect, instances=[])
         matched = np.zeros(len(track_ids), bool)
         new_masks: dict[int, torch.Tensor] = {}
-        reconditioned: dict[int, torch.Tensor] = {}
+        anchors: dict[int, int] = {}  # track index -> detection index it is re-anchored on
+        detections = None
         if detect:
             detections = self.session.detect(frame, {pid: c.encoded for pid, c in concepts.items()})
-            matched, new_masks, reconditioned = self._associate(
-                frame, detections, track_ids, track_binary, concepts, recondition_due)
+            matched, new_masks, anchors = self._associate(
+                frame, detections, track_ids, track_binary, track_scores, concepts, recondition_due)
             result.started = list(new_masks)
+
+        # memory masks of this frame, decided over every track the tracker propagated (as the reference, which
+        # encodes memory before it removes anything): the tracker's masks, re-anchored ones from the source
+        # chosen, then the shrink rule per concept
+        memory_masks = track_masks
+        if anchors:
+            memory_masks = track_masks.clone()
+            if config.recondition_on == "detection":
+                for j, i in anchors.items():
+                    memory_masks[j] = (detections.masks[i] > config.mask_threshold).to(memory_masks.dtype)
+        track_prompts = [self.tracks[obj_id].prompt_id for obj_id in track_ids]
+        if config.shrink_threshold > 0 and _shares_a_group(track_prompts):
+            groups = torch.as_tensor(track_prompts, device=memory_masks.device)
+            memory_masks = suppress_shrunk(memory_masks, groups, config.shrink_threshold, config.mask_threshold)
 
         # lifetime
         for i, obj_id in enumerate(track_ids):
@@ -208,46 +321,65 @@ class ConceptTracker:
         removed = [obj_id for obj_id in track_ids if self._should_remove(self.tracks[obj_id], frame)]
         self._remove(removed)
         result.removed = removed
-        for obj_id in removed:
-            final_masks.pop(obj_id, None)
-            reconditioned.pop(obj_id, None)
 
-        # memory: tracker masks, detection masks where re-anchored; new tracks were conditioned on add
-        final_masks.update(reconditioned)
-        if final_masks:
-            self.session.commit(frame, final_masks, conditioning=reconditioned.keys())
+        # memory: new tracks were conditioned on add; re-anchored ones store this frame as a conditioning frame
+        gone = set(removed)
+        reconditioned = {track_ids[j] for j in anchors if track_ids[j] not in gone}
+        commit = {obj_id: memory_masks[i] for i, obj_id in enumerate(track_ids) if obj_id not in gone}
+        if commit:
+            self.session.commit(frame, commit, conditioning=sorted(reconditioned))
         result.reconditioned = sorted(reconditioned)
 
-        # confirmation and outputs (confirmed tracks only)
+        # outputs: tracker masks, the detection's mask where re-anchored (as the reference), new tracks' detection
+        # masks; confirmed tracks only
         index = {obj_id: i for i, obj_id in enumerate(track_ids)}
+        anchored = {track_ids[j]: i for j, i in anchors.items()}
+        outputs = []
         for obj_id, track in self.tracks.items():
             if track.state == TENTATIVE and frame - track.first_frame >= config.confirmation_frames:
                 track.state = CONFIRMED
                 result.confirmed.append(obj_id)
             if track.state != CONFIRMED:
                 continue
-            mask = final_masks.get(obj_id, new_masks.get(obj_id))
+            i = index.get(obj_id)
+            if obj_id in anchored:
+                mask = detections.masks[anchored[obj_id]]
+            elif i is not None:
+                mask = track_masks[i]
+            else:
+                mask = new_masks.get(obj_id)
             if mask is None:  # prompted on this frame: in memory from the next propagation on
                 continue
-            i = index.get(obj_id)
-            visible = bool((mask > config.mask_threshold).any())
-            state = STATE_NEW if not track.published else (STATE_TRACKED if visible else STATE_LOST)
-            track.published = True
             tracker_score = float(track_scores[i]) if i is not None else track.score
+            outputs.append((obj_id, track, mask, tracker_score))
+        if not outputs:
+            return result
+        masks = torch.stack([mask for _, _, mask, _ in outputs])
+        output_prompts = [track.prompt_id for _, track, _, _ in outputs]
+        if config.non_overlapping_outputs and _shares_a_group(output_prompts):
+            scores = torch.tensor([score for *_, score in outputs], device=masks.device)
+            groups = torch.as_tensor(output_prompts, device=masks.device)
+            masks = partition_by_score(masks, scores, groups, config.mask_threshold)
+        visible = (masks > config.mask_threshold).flatten(1).any(1).tolist()
+        for (obj_id, track, _, tracker_score), mask, seen in zip(outputs, masks, visible):
+            state = STATE_NEW if not track.published else (STATE_TRACKED if seen else STATE_LOST)
+            track.published = True
             result.instances.append(TrackedInstance(
                 id=obj_id, prompt_id=track.prompt_id, concept=track.concept, state=state, score=track.score,
                 tracker_score=tracker_score, age=frame - track.first_frame,
-                mask=mask if visible else torch.zeros_like(mask),
+                mask=mask if seen else torch.zeros_like(mask),
             ))
         return result
 
-    def _associate(self, frame, detections, track_ids, track_binary, concepts, recondition_due):
+    def _associate(self, frame, detections, track_ids, track_binary, track_scores, concepts, recondition_due):
+        """Matches, new tracks (added to the session) and re-anchoring assignments {track index: detection
+        index} (at most one detection per track and one track per detection)."""
         config = self.config
         n, m = len(detections), len(track_ids)
         matched = np.zeros(m, bool)
-        new_masks, reconditioned = {}, {}
+        new_masks, anchors = {}, {}
         if n == 0:
-            return matched, new_masks, reconditioned
+            return matched, new_masks, anchors
         det_binary = detections.masks > config.mask_threshold
         scores = detections.scores.float().cpu().numpy()
         prompt_ids = detections.prompt_ids.cpu().numpy()
@@ -269,7 +401,8 @@ class ConceptTracker:
                     if obj_id != oldest and self.tracks[obj_id].state == TENTATIVE:
                         self.tracks[obj_id].duplicate += 1
         # new tracks from confident detections that overlap nothing
-        new = np.flatnonzero((scores >= config.new_track_score) & ~(ious >= config.association_iou).any(axis=1))
+        is_new = (scores >= config.new_track_score) & ~(ious >= config.association_iou).any(axis=1)
+        new = np.flatnonzero(is_new)
         room = config.max_objects - len(self.tracks)
         new = new[np.argsort(-scores[new], kind="stable")][:max(room, 0)]
         for i in sorted(new):
@@ -281,15 +414,20 @@ class ConceptTracker:
             new_masks[obj_id] = detections.masks[i]
         if new_masks:
             self.session.add_objects(frame, new_masks)
-        # re-anchoring confirmed tracks on confident, well-overlapping detections
+        # re-anchoring, as the reference assigns it: each confident detection (not a new track) whose best IoU
+        # is high goes to that one track, in detection order (a later detection replaces an earlier one on the
+        # same track); then the track must be confirmed and its tracker confident
         if recondition_due and m:
-            best = ious.argmax(axis=0)
-            for j, obj_id in enumerate(track_ids):
-                i = best[j]
-                if (self.tracks[obj_id].state == CONFIRMED and scores[i] >= config.recondition_score
-                        and ious[i, j] >= config.recondition_iou):
-                    reconditioned[obj_id] = detections.masks[i]
-        return matched, new_masks, reconditioned
+            best = ious.argmax(axis=1)
+            confident = (scores >= config.recondition_score) & ~is_new & (
+                ious[np.arange(n), best] >= config.recondition_iou)
+            for i in np.flatnonzero(confident):
+                anchors[int(best[i])] = int(i)
+            tracker_scores = track_scores.float().cpu().numpy()
+            anchors = {j: i for j, i in anchors.items()
+                       if self.tracks[track_ids[j]].state == CONFIRMED
+                       and tracker_scores[j] > config.recondition_tracker_score}
+        return matched, new_masks, anchors
 
     def _should_remove(self, track: Track, frame: int) -> bool:
         if track.keep_alive <= 0:

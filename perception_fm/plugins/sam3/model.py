@@ -13,6 +13,7 @@ import numpy as np
 from perception_fm.errors import BadInputError
 from perception_fm.hookspecs import ModelOptions
 from perception_fm.plugins.sam3 import loading
+from perception_fm.plugins.sam3.concept import EncodedConcept
 from perception_fm.plugins.weights import select_device
 from perception_fm.tasks.segmentation import SegmentationCapabilities
 
@@ -81,19 +82,6 @@ class Sam3Options:
         if options.concept_batch < 1 or options.object_batch < 1:
             raise ValueError("concept_batch and object_batch must be >= 1")
         return options
-
-
-@dataclass(eq=False)
-class EncodedConcept:
-    """A validated, tokenized concept; its text embedding is computed on first use (in the thread that runs
-    the model) and cached here."""
-
-    text: str
-    input_ids: Any  # (1, L) int64 on the model's device
-    attention_mask: Any  # (1, L) int64
-    tokens: int  # tokens including the start and end tokens
-    owner: int  # id() of the model that made it
-    embedding: Any = None  # (1, L, D) text features once computed
 
 
 class Sam3SegmentationModel:
@@ -215,7 +203,12 @@ class Sam3SegmentationModel:
     # -- frames ---------------------------------------------------------------------------------------------
 
     def preprocess(self, image: np.ndarray):
-        """RGB uint8 (H, W, 3) -> (1, 3, S, S) on the device: resized (not cropped), (x / 255 - 0.5) / 0.5."""
+        """RGB uint8 (H, W, 3) -> (1, 3, S, S) on the device: resized (not cropped), (x / 255 - 0.5) / 0.5.
+
+        The resize is the reference's (transformers' Sam3 image/video processors: torchvision's resize of the
+        uint8 image, bilinear, antialiased, rounded back to uint8): on CPU torch's native uint8 kernel, which is
+        what torchvision calls there; elsewhere float interpolation rounded to whole levels, which is
+        torchvision's path on GPUs. A float resize without rounding differs from it by up to 2/255."""
         import torch
         import torch.nn.functional as F
 
@@ -228,12 +221,16 @@ class Sam3SegmentationModel:
             raise BadInputError("empty", f"image of {width}x{height} pixels is too small")
         if not image.flags.c_contiguous or not image.flags.writeable:
             image = np.array(image, copy=True, order="C")
-        pixels = torch.from_numpy(image).to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0).float()
+        pixels = torch.from_numpy(image).to(self.device, non_blocking=True).permute(2, 0, 1).unsqueeze(0)
         size = self.image_size
         if (height, width) != (size, size):
-            pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False,
-                                   antialias=height > size or width > size)
-        return pixels.mul_(2.0 / 255.0).sub_(1.0)
+            if pixels.device.type == "cpu":
+                pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False,
+                                       antialias=True)
+            else:
+                pixels = F.interpolate(pixels.float(), size=(size, size), mode="bilinear", align_corners=False,
+                                       antialias=True).round_().clamp_(0.0, 255.0)
+        return pixels.float().mul_(2.0 / 255.0).sub_(1.0)
 
     def new_session(self, keep_all_history: bool = False):
         """A fresh tracking state. keep_all_history (tests, debugging only) never evicts anything, which

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from perception_fm.errors import BadInputError
-from perception_fm.plugins.sam3.model import EncodedConcept, Sam3SegmentationModel
+from perception_fm.plugins.sam3.concept import EncodedConcept
 from perception_fm.plugins.sam3.postprocess import fill_holes, greedy_nms, mask_iou
 from perception_fm.tasks.segmentation import Detections, Propagation
 
@@ -90,7 +90,9 @@ class _Layout:
 
 
 class Sam3TrackingSession:
-    def __init__(self, model: Sam3SegmentationModel, evict: bool = True):
+    def __init__(self, model, evict: bool = True):
+        """model: the Sam3SegmentationModel (perception_fm.plugins.sam3.model) that owns the networks; not
+        imported here, so that model.py -> session.py is the only direction between the two."""
         self.model = model
         self.evict = evict
         self._frame: _Frame | None = None
@@ -442,7 +444,11 @@ class Sam3TrackingSession:
         ids = [int(obj_id) for obj_id in masks]
         if not ids:
             return
-        binary = (self._mask_batch(masks.values()) >= 0.5).float()
+        # A pixel is in the object where its probability is > 0.5, i.e. its logit > 0: Meta's original sam3
+        # (sam3/model/sam3_video_base.py, _tracker_add_new_objects) binarises the detector's logits with > 0.
+        # transformers' Sam3VideoModel._tracker_add_new_objects applies ">= 0.5" to the same logits (a
+        # probability threshold on logits), which drops the pixels with logits in (0, 0.5).
+        binary = (self._mask_batch(masks.values()) > 0.5).float()
         tracker = model.tracker
         hidden = tracker.hidden_dim
         height, width = tracker.backbone_feature_sizes[-1]
@@ -554,16 +560,29 @@ class Sam3TrackingSession:
             return
         probabilities = self._mask_batch(values)
         logits = torch.logit(probabilities.clamp(PROBABILITY_EPS, 1.0 - PROBABILITY_EPS))
+        # Probabilities lose the logits beyond float32's saturation (|logit| > ~16); the memory encoder resamples
+        # logits before its sigmoid, so that loss shows at mask edges (up to ~2e-3 in the next frame's masks).
+        # Where a committed probability is saturated on the side of the object's own logit on this frame, that
+        # logit is used: committing the tracker's masks writes the memory its logits would.
+        own = torch.stack([self._pending[obj_id].logits for obj_id in ids])[:, None]
+        if own.shape[-2:] == logits.shape[-2:]:
+            high = (probabilities >= 1.0 - PROBABILITY_EPS) & (own > logits)
+            low = (probabilities <= PROBABILITY_EPS) & (own < logits)
+            logits = torch.where(high | low, own, logits)
+        # Every mask is encoded as given (the encoder reads its probabilities), conditioning ones included, as
+        # transformers' _tracker_update_memories does for re-conditioned objects; a caller that wants a binary
+        # conditioning memory (re-anchoring on a detection) commits a binary mask.
+        members = soft + hard
         with model.inference():
-            for members, binarize in ((soft, False), (hard, True)):
-                for start in range(0, len(members), model.options.object_batch):
-                    chunk = members[start:start + model.options.object_batch]
-                    memories = self._encode(current, logits[chunk], binarize=binarize)
-                    for i, memory in zip(chunk, memories):
-                        obj_id = ids[i]
-                        pending = self._pending[obj_id]
-                        self._store(obj_id, frame, _Entry(memory, pending.pointer), conditioning=binarize)
-                        pending.conditioned = pending.conditioned or binarize
+            for start in range(0, len(members), model.options.object_batch):
+                chunk = members[start:start + model.options.object_batch]
+                memories = self._encode(current, logits[chunk], binarize=False)
+                for i, memory in zip(chunk, memories):
+                    obj_id = ids[i]
+                    pending = self._pending[obj_id]
+                    conditioning_frame = obj_id in conditioning
+                    self._store(obj_id, frame, _Entry(memory, pending.pointer), conditioning=conditioning_frame)
+                    pending.conditioned = pending.conditioned or conditioning_frame
 
     def remove_objects(self, obj_ids: Iterable[int]) -> None:
         for obj_id in obj_ids:
