@@ -167,8 +167,9 @@ def test_plugins_listing_shows_weights_and_full_licences(tmp_path):
     assert "to download" in rows["da3-base"] and "ready" not in rows["da3-base"]
     assert "hf auth login" in out and "gated: facebook/sam3" in rows["sam3"]
     assert "…" not in out
-    from perception_fm.plugin_manager import default_manager
+    from perception_fm.plugin_manager import PluginManager
 
-    for entry in default_manager().models():  # every licence, whole, across its wrapped lines
+    # A fresh manager, like the subprocess's: other tests register stand-in plugins in this process's default one.
+    for entry in PluginManager().models():  # every licence, whole, across its wrapped lines
         for word in entry.spec.license.split():
             assert word in out, (entry.spec.name, word)
