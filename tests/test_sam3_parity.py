@@ -16,7 +16,6 @@ memory, re-conditioning one detection per track gated on the tracker's score, on
 object-wise non-overlap of the outputs by tracker score.
 """
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -310,3 +309,97 @@ def test_concept_tracking_matches_transformers_streaming(checkpoint, source):
     assert events["binary_mismatch"] == 0 and events["compared"] > 0
     print(source, events)
     assert events["tracks"] >= 5 and events["shrunk"] > 0 and events["reconditioned"] >= 1
+
+
+# -- the rules one by one, against transformers' functions ----------------------------------------------------
+
+
+def random_masks(generator, count, size=24):
+    """Overlapping blobs as mask logits, a few of them sharing pixels, with saturated and empty ones."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    logits = []
+    for _ in range(count):
+        cy, cx, radius = (float(v) for v in torch.rand(3, generator=generator) * torch.tensor([size, size, 8]))
+        distance = ((yy - cy) ** 2 + (xx - cx) ** 2).sqrt()
+        logits.append((radius + 2 - distance) * float(torch.rand(1, generator=generator) * 4 + 0.5))
+    logits = torch.stack(logits) + torch.randn(count, size, size, generator=generator) * 0.3
+    logits[0] = -5.0  # an empty mask
+    return logits
+
+
+def test_shrink_rule_is_transformers_own():
+    """suppress_shrunk (on probabilities) blanks exactly the masks transformers' _suppress_object_pw_area_shrinkage
+    blanks (on logits), per prompt group, and leaves the others as they are."""
+    from transformers import Sam3VideoModel
+
+    from perception_fm.pipelines.concept_tracker import SUPPRESSED_PROBABILITY, suppress_shrunk
+
+    generator = torch.Generator().manual_seed(0)
+    reference = object.__new__(Sam3VideoModel)  # the rule needs no weights
+    blanked = 0
+    for trial in range(30):
+        count = 2 + trial % 7
+        logits = random_masks(generator, count)
+        groups = torch.randint(0, 3, (count,), generator=generator)
+        theirs = Sam3VideoModel._suppress_object_pw_area_shrinkage(reference, logits[:, None].clone(),
+                                                                    groups.tolist())[:, 0]
+        ours = suppress_shrunk(logits.sigmoid(), groups, 0.3)
+        their_blank = (theirs != logits).flatten(1).any(1)
+        our_blank = (ours != logits.sigmoid()).flatten(1).any(1)
+        assert torch.equal(our_blank, their_blank), trial
+        torch.testing.assert_close(ours, theirs.sigmoid(), atol=1e-6, rtol=0)
+        assert (ours[our_blank] <= SUPPRESSED_PROBABILITY + 1e-9).all()
+        blanked += int(our_blank.sum())
+    assert blanked > 10
+
+
+def test_output_non_overlap_is_the_processors_own():
+    """partition_by_score gives, above 0.5, exactly the binary masks of transformers' Sam3VideoProcessor
+    (object-wise non-overlap by tracker score per prompt), and keeps any two masks of a group summing to <= 1, so
+    that bilinear upsampling cannot make them overlap again."""
+    import torch.nn.functional as F
+    import transformers.models.sam3_video.processing_sam3_video as processing
+
+    from perception_fm.pipelines.concept_tracker import partition_by_score
+
+    processor = object.__new__(vars(processing)["Sam3VideoProcessor"])
+    generator = torch.Generator().manual_seed(1)
+    for trial in range(30):
+        count = 2 + trial % 7
+        logits = random_masks(generator, count)
+        scores = torch.rand(count, generator=generator)
+        scores[-1] = scores[1]  # a tie: the lower index wins on both sides
+        groups = torch.randint(0, 3, (count,), generator=generator)
+        theirs = processor._apply_object_wise_non_overlapping_constraints(
+            (logits > 0)[:, None], scores[:, None], background_value=0, prompt_ids=groups.tolist())[:, 0] > 0
+        ours = partition_by_score(logits.sigmoid(), scores, groups)
+        assert torch.equal(ours > 0.5, theirs), trial
+        upsampled = F.interpolate(ours[:, None], scale_factor=3.7, mode="bilinear", align_corners=False)[:, 0] > 0.5
+        for group in groups.unique():
+            assert upsampled[groups == group].sum(0).max() <= 1
+
+
+def test_preprocessing_is_the_reference_processors(checkpoint):
+    """model.preprocess against transformers' Sam3ImageProcessor (the resize of the uint8 image, rounded to
+    uint8, then (x / 255 - 0.5) / 0.5), shrinking a real photograph and enlarging a small frame."""
+    model = create(checkpoint)
+    images = synthetic_video(1)
+    photo = photograph()
+    if photo is not None:
+        images += [photo, np.ascontiguousarray(photo[:80, :60])]
+    # torch's uint8 bilinear kernel is what torchvision's resize runs for uint8 images on CPU
+    import torch.nn.functional as F
+
+    for image in images:
+        uint8 = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], size=(IMAGE, IMAGE), mode="bilinear",
+                              align_corners=False, antialias=True)
+        torch.testing.assert_close(model.preprocess(image), uint8.float() / 127.5 - 1.0, atol=1e-6, rtol=0)
+    # transformers' processor itself, where torchvision is installed (with torchvision built for another torch,
+    # stub `torchvision._meta_registrations` in sys.modules before anything imports transformers)
+    pytest.importorskip("torchvision", reason="transformers' image processor needs torchvision")
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+
+    processor = Sam3ImageProcessor(size={"height": IMAGE, "width": IMAGE})
+    for image in images:
+        theirs = processor(images=image, return_tensors="pt").pixel_values
+        torch.testing.assert_close(model.preprocess(image), theirs, atol=1e-5, rtol=0)
