@@ -245,3 +245,179 @@ def test_concept_messages_apply_in_order_and_summarise_in_one_line():
     assert len(concept_set) == 32
     cleared = concept_set.apply_message("=")
     assert len(concept_set) == 0 and len(cleared.removed) == 32 and not cleared.empty
+
+
+# -- the reference's rules: re-anchoring one to one, gated; non-overlap in memory and outputs ---------------------
+
+
+class PlannedSession:
+    """A session whose answers each test plans: detect returns `detections` [(prompt_id, mask, score)], a track
+    propagates `propagated[obj_id]` ((mask, score)) or else the mask it was started with; commits are recorded."""
+
+    def __init__(self, detections):
+        import torch
+
+        self.torch = torch
+        self.detections = detections
+        self.propagated = {}
+        self.objects = {}
+        self.commits = []
+        self.frame = -1
+
+    def add_frame(self, image):
+        self.frame += 1
+        return self.frame
+
+    def detect(self, frame, concepts):
+        from perception_fm.tasks.segmentation import Detections
+
+        torch = self.torch
+        chosen = [(p, m, s) for p, m, s in self.detections if p in concepts]
+        return Detections(masks=torch.stack([m for _, m, _ in chosen]) if chosen else torch.zeros(0, 16, 16),
+                          boxes=torch.zeros(len(chosen), 4),
+                          scores=torch.tensor([s for *_, s in chosen]),
+                          prompt_ids=torch.tensor([p for p, *_ in chosen], dtype=torch.long))
+
+    def propagate(self, frame):
+        from perception_fm.tasks.segmentation import Propagation
+
+        ids = sorted(self.objects)
+        planned = [self.propagated.get(i, (self.objects[i], 0.95)) for i in ids]
+        return Propagation(obj_ids=ids, masks=self.torch.stack([m for m, _ in planned]) if ids else
+                           self.torch.zeros(0, 16, 16), scores=self.torch.tensor([s for _, s in planned]))
+
+    def add_objects(self, frame, masks):
+        self.objects.update({obj_id: mask.clone() for obj_id, mask in masks.items()})
+
+    def commit(self, frame, masks, conditioning=()):
+        self.commits.append((frame, {i: m.clone() for i, m in masks.items()}, sorted(conditioning)))
+
+    def remove_objects(self, obj_ids):
+        for obj_id in obj_ids:
+            self.objects.pop(obj_id)
+
+
+def square(y0, y1, x0, x1, value=1.0, size=16):
+    import torch
+
+    mask = torch.zeros(size, size)
+    mask[y0:y1, x0:x1] = value
+    return mask
+
+
+def reference_tracker(session, **overrides):
+    settings = dict(confirmation_frames=0, recondition_every=1)
+    settings.update(overrides)
+    return ConceptTracker(session, TrackerConfig(**settings))
+
+
+def test_two_tracks_are_never_re_anchored_on_one_detection():
+    """Two tracks drifted onto the same object, one detection of it: one re-anchors (before, both took it)."""
+    session = PlannedSession([(1, square(0, 6, 0, 6), 0.9), (1, square(8, 14, 8, 14), 0.9)])
+    tracker = reference_tracker(session, non_overlapping_outputs=False)
+    concept_set = concepts_for("thing")
+    first = tracker.step(FRAMES[0].rgb, concept_set.snapshot())
+    assert first.started == [1, 2]
+    drifted = square(0, 6, 0, 6, 0.97)
+    session.propagated = {1: (drifted, 0.95), 2: (drifted, 0.95)}
+    session.detections = [(1, square(0, 6, 0, 6, 0.99), 0.9)]
+    frame = tracker.step(FRAMES[1].rgb, concept_set.snapshot())
+    assert frame.reconditioned == [1]  # the first track the detection overlaps best (ties: the oldest)
+    assert session.commits[-1][2] == [1]
+
+
+def test_re_anchoring_is_one_to_one_on_random_scenes():
+    """Random tracks and detections of two concepts: re-anchored tracks publish the detection's mask, and no two
+    of them publish the same detection; every one was confident and overlapped it by the IoU gate."""
+    import dataclasses
+
+    import torch
+
+    generator = torch.Generator().manual_seed(3)
+    checked = 0
+    for _ in range(40):
+        starts = [(int(p), (torch.rand(16, 16, generator=generator) > 0.5).float(), 0.9)
+                  for p in torch.randint(1, 3, (6,), generator=generator)]
+        session = PlannedSession(starts)
+        tracker = reference_tracker(session, non_overlapping_outputs=False, recondition_iou=0.5, new_track_score=0.0,
+                                    association_iou=1.01)  # every start detection starts a track
+        concept_set = concepts_for("a", "b")
+        tracker.step(FRAMES[0].rgb, concept_set.snapshot())
+        tracker.config = dataclasses.replace(tracker.config, association_iou=0.1)
+        # tracks drift onto each other's masks; detections are noisy copies of a few of them
+        ids = sorted(session.objects)
+        session.propagated = {i: (session.objects[ids[int(torch.randint(0, len(ids), (1,), generator=generator))]],
+                                  0.95) for i in ids}
+        session.detections = []
+        for i in torch.randint(0, len(ids), (5,), generator=generator).tolist():
+            noisy = session.objects[ids[i]].clone()
+            noisy[torch.rand(16, 16, generator=generator) < 0.05] = 0.0
+            session.detections.append((tracker.tracks[ids[i]].prompt_id, noisy, 0.85))
+        frame = tracker.step(FRAMES[1].rgb, concept_set.snapshot())
+        used = []
+        for instance in frame.instances:
+            if instance.id in frame.reconditioned:
+                matches = [d for d, (_, mask, _) in enumerate(session.detections) if torch.equal(mask, instance.mask)]
+                assert matches, "a re-anchored track publishes its detection's mask"
+                used.append(matches[0])
+        assert len(used) == len(set(used)) == len(frame.reconditioned)
+        checked += len(used)
+    assert checked > 20
+
+
+def test_re_anchoring_needs_a_confident_tracker():
+    """The reference gates on the tracker's object score (logit > 0.8, i.e. probability > 0.69)."""
+    for tracker_score, anchored in ((0.6, []), (0.75, [1])):
+        session = PlannedSession([(1, square(0, 6, 0, 6), 0.9)])
+        tracker = reference_tracker(session)
+        concept_set = concepts_for("thing")
+        tracker.step(FRAMES[0].rgb, concept_set.snapshot())
+        session.propagated = {1: (square(0, 6, 0, 6, 0.9), tracker_score)}
+        assert tracker.step(FRAMES[1].rgb, concept_set.snapshot()).reconditioned == anchored
+
+
+def test_re_anchoring_writes_the_trackers_mask_and_publishes_the_detections():
+    import torch
+
+    for source in ("tracker", "detection"):
+        session = PlannedSession([(1, square(0, 6, 0, 6), 0.9)])
+        tracker = reference_tracker(session, recondition_on=source)
+        concept_set = concepts_for("thing")
+        tracker.step(FRAMES[0].rgb, concept_set.snapshot())
+        tracked = square(0, 6, 0, 5, 0.8)
+        detected = square(0, 6, 0, 6, 0.7)
+        session.propagated = {1: (tracked, 0.95)}
+        session.detections = [(1, detected, 0.9)]
+        frame = tracker.step(FRAMES[1].rgb, concept_set.snapshot())
+        _, committed, conditioning = session.commits[-1]
+        assert conditioning == [1] and frame.reconditioned == [1]
+        expected = tracked if source == "tracker" else (detected > 0.5).float()
+        assert torch.equal(committed[1], expected)
+        assert torch.equal(frame.instances[0].mask, detected)
+
+
+def test_one_concepts_masks_are_disjoint_and_shrunk_ones_leave_memory():
+    """Outputs: a pixel claimed by two tracks of one concept goes to the higher tracker score; another concept's
+    mask may overlap. Memory: a track keeping < 30 % of its area under the pixel-wise non-overlap (highest
+    probability wins) is blanked for this frame's memory; the others are committed unchanged."""
+    import torch
+
+    from perception_fm.pipelines.concept_tracker import SUPPRESSED_PROBABILITY
+
+    session = PlannedSession([(1, square(0, 8, 0, 8), 0.9), (1, square(8, 16, 8, 16), 0.9),
+                              (2, square(0, 4, 12, 16), 0.9)])
+    tracker = reference_tracker(session, recondition_every=0)
+    concept_set = concepts_for("a", "b")
+    tracker.step(FRAMES[0].rgb, concept_set.snapshot())
+    big, small, other = square(0, 10, 0, 10, 0.9), square(2, 12, 2, 8, 0.8), square(0, 10, 0, 10, 0.95)
+    session.propagated = {1: (big, 0.9), 2: (small, 0.95), 3: (other, 0.7)}
+    frame = tracker.step(FRAMES[1].rgb, concept_set.snapshot())
+    masks = {i.id: i.mask > 0.5 for i in frame.instances}
+    assert not (masks[1] & masks[2]).any()  # one concept: disjoint
+    assert masks[2].sum() == (small > 0.5).sum()  # track 2 has the higher tracker score: keeps all its pixels
+    assert (masks[1] | masks[2]).sum() == ((big > 0.5) | (small > 0.5)).sum()  # nothing lost
+    assert (masks[3] & masks[1]).any()  # other concept: may overlap
+    _, committed, _ = session.commits[-1]
+    # under the pixel-wise rule track 2 keeps only rows 10-11 of its 60 pixels (12 < 30 %): blanked
+    assert (committed[2] <= SUPPRESSED_PROBABILITY).all()
+    assert torch.equal(committed[1], big) and torch.equal(committed[3], other)
