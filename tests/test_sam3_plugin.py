@@ -461,3 +461,35 @@ def test_mixed_precision_path(checkpoint):
     detections = session.detect(13, {1: model.encode_concept("red square"), 2: model.encode_concept("disc")})
     assert detections.masks.dtype == detections.boxes.dtype == detections.scores.dtype == torch.float32
     assert session._objects[1].cond[12].features.dtype == torch.bfloat16  # memories are stored in bf16
+
+
+def test_new_objects_are_binarised_as_metas_sam3(model):
+    """A new object's mask is its pixels of probability > 0.5 (logit > 0, as Meta's sam3 binarises the
+    detector's logits; transformers' ">= 0.5" on logits would drop the pixels of logits in (0, 0.5)): a
+    probability of exactly 0.5 is outside, 0.5 + 1e-3 (logit 0.004) inside."""
+    outputs = []
+    for edge in (0.5, 0.0, 0.501, 1.0):
+        session = model.new_session()
+        frame = session.add_frame(video(1)[0])
+        mask = box_mask(4, 14, 4, 14)
+        mask[14:18, 4:14] = edge
+        session.add_objects(frame, {1: mask})
+        frame = session.add_frame(video(2)[1])
+        outputs.append(session.propagate(frame).masks)
+    assert torch.equal(outputs[0], outputs[1]) and torch.equal(outputs[2], outputs[3])
+    assert not torch.equal(outputs[0], outputs[2])
+
+
+def test_session_does_not_import_the_model_module():
+    """model.py -> session.py -> concept.py: the dependency runs one way."""
+    import ast
+    from pathlib import Path
+
+    import perception_fm.plugins.sam3 as package
+
+    source = Path(package.__file__).with_name("session.py").read_text()
+    imported = {node.module for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert "perception_fm.plugins.sam3.model" not in imported
+    assert "perception_fm.plugins.sam3.concept" in imported
