@@ -55,6 +55,15 @@ CONCEPT_PARAMS = (
                                                         "new track.", min=0.0, max=1.0),
     Param("recondition_score", _DEFAULTS.recondition_score, "Detection score needed to re-anchor.", min=0.0, max=1.0),
     Param("recondition_iou", _DEFAULTS.recondition_iou, "Mask IoU needed to re-anchor.", min=0.0, max=1.0),
+    Param("recondition_tracker_score", _DEFAULTS.recondition_tracker_score, "Tracker score (visibility "
+          "probability) a track needs to be re-anchored (SAM 3: object-score logit > 0.8).", min=0.0, max=1.0),
+    Param("recondition_on", _DEFAULTS.recondition_on, "Memory of a re-anchored track: its own tracker mask "
+          "(transformers' default) or the detection's binarised mask (Meta's sam3).", choices=("tracker", "detection")),
+    Param("shrink_threshold", _DEFAULTS.shrink_threshold, "Memory: a track keeping less than this share of its "
+          "area when each pixel goes to one track of its concept is blanked for that frame (0 = off).",
+          min=0.0, max=1.0),
+    Param("non_overlapping_outputs", _DEFAULTS.non_overlapping_outputs, "Masks of one concept are disjoint (a "
+          "pixel goes to the track of higher tracker score)."),
     Param("max_objects", _DEFAULTS.max_objects, "Most tracks at once.", min=1),
     Param("mask_threshold", _DEFAULTS.mask_threshold, "Probability above which a pixel is in a mask.",
           min=0.0, max=1.0),
