@@ -421,3 +421,30 @@ def test_one_concepts_masks_are_disjoint_and_shrunk_ones_leave_memory():
     # under the pixel-wise rule track 2 keeps only rows 10-11 of its 60 pixels (12 < 30 %): blanked
     assert (committed[2] <= SUPPRESSED_PROBABILITY).all()
     assert torch.equal(committed[1], big) and torch.equal(committed[3], other)
+
+
+def test_of_two_tracks_on_one_object_the_later_occluded_gives_way():
+    """The reference's occlusion rule: tracks 1 and 2 (one concept) drift onto the same pixels; 2 was occluded
+    (empty) on frame 2, 1 on frame 1: from frame 3 on, 2 is suppressed (published lost, blank in memory) while
+    1 keeps its mask; a third track of another concept on the same pixels is left alone."""
+    import torch
+
+    from perception_fm.pipelines.concept_tracker import SUPPRESSED_PROBABILITY
+
+    session = PlannedSession([(1, square(0, 5, 0, 5), 0.9), (1, square(10, 15, 10, 15), 0.9),
+                              (2, square(0, 5, 10, 15), 0.9)])
+    tracker = reference_tracker(session, recondition_every=0)
+    concept_set = concepts_for("a", "b")
+    tracker.step(FRAMES[0].rgb, concept_set.snapshot())
+    session.detections = []
+    same = square(4, 12, 4, 12, 0.9)
+    empty = square(0, 0, 0, 0)
+    for frame, (first, second) in enumerate([(empty, same), (same, empty), (same, same), (same, same)], start=1):
+        session.propagated = {1: (first, 0.9), 2: (second, 0.9), 3: (same, 0.9)}
+        out = tracker.step(FRAMES[frame].rgb, concept_set.snapshot())
+    published = {i.id: i for i in out.instances}
+    assert published[2].state == STATE_LOST and not published[2].mask.any()
+    assert torch.equal(published[1].mask > 0.5, same > 0.5) and torch.equal(published[3].mask, same)
+    _, committed, _ = session.commits[-1]
+    assert (committed[2] <= SUPPRESSED_PROBABILITY).all() and torch.equal(committed[1], same)
+    assert tracker.tracks[2].last_occluded == 4 and tracker.tracks[1].last_occluded == 1

@@ -25,6 +25,9 @@ decisions, frame by frame:
    "pixel-wise non-overlap, suppress shrunk objects");
 7. outputs: per concept, a pixel claimed by several published masks goes to the one with the highest tracker
    score (the reference's object-wise non-overlap), so the masks of one concept are disjoint.
+Before 6 and 7, the reference's occlusion rule: of two tracks of one concept whose masks overlap by IoU >=
+`occlusion_iou`, the one occluded (empty, or suppressed by this rule) more recently is suppressed for this
+frame's memory and output, provided the other was occluded at some point too.
 
 Defaults follow SAM 3's video configuration (transformers' Sam3VideoConfig: keep-alive 30, hot-start 15
 frames, re-conditioning every 16 frames on detections of score >= 0.8 and IoU >= 0.8, tracker object score
@@ -74,6 +77,7 @@ class TrackerConfig:
     recondition_tracker_score: float = REFERENCE_TRACKER_SCORE_GATE  # tracker score (probability) needed, >
     recondition_on: str = "tracker"  # memory of a re-anchored track: its tracker mask, or the detection's
     shrink_threshold: float = 0.3  # memory: blank a mask keeping less than this share under non-overlap (0: off)
+    occlusion_iou: float = 0.7  # of two tracks of a concept overlapping this much, suppress the later occluded
     non_overlapping_outputs: bool = True  # published masks of one concept are disjoint (highest tracker score)
     max_objects: int = 100
 
@@ -83,8 +87,9 @@ class TrackerConfig:
         if self.recondition_on not in RECONDITION_SOURCES:
             raise ValueError(f"recondition_on must be one of {', '.join(RECONDITION_SOURCES)}, "
                              f"got {self.recondition_on!r}")
-        if not 0.0 <= self.shrink_threshold <= 1.0:
-            raise ValueError(f"shrink_threshold must be in [0, 1], got {self.shrink_threshold}")
+        if not 0.0 <= self.shrink_threshold <= 1.0 or not 0.0 <= self.occlusion_iou <= 1.0:
+            raise ValueError(f"shrink_threshold and occlusion_iou must be in [0, 1], got {self.shrink_threshold}, "
+                             f"{self.occlusion_iou}")
         if self.confirmation_frames < 0 or self.max_unmatched_tentative < 1 or self.duplicate_frames < 1:
             raise ValueError("confirmation_frames must be >= 0; max_unmatched_tentative, duplicate_frames >= 1")
 
@@ -101,6 +106,7 @@ class Track:
     duplicate: int = 0  # frames sharing a detection with an older track (while tentative)
     score: float = 0.0  # detection score at the last match
     published: bool = False
+    last_occluded: int = -1  # last frame its mask was empty or suppressed by the occlusion rule (-1: never)
 
 
 @dataclass
@@ -196,6 +202,19 @@ def partition_by_score(probabilities: torch.Tensor, scores: torch.Tensor, groups
     ceiling = (2.0 * mask_threshold - claimed).clamp(min=0.0)
     lowered = torch.minimum(probabilities, ceiling)
     return torch.where(winner | (claimed <= 0), probabilities, lowered)
+
+
+def occlusion_suppressed(binary: torch.Tensor, groups: torch.Tensor, last_occluded: torch.Tensor,
+                         iou_threshold: float) -> torch.Tensor:
+    """The reference's rule against two tracks on one object: for each pair of masks ((N, h, w) bool) of one
+    group overlapping by IoU >= iou_threshold, the one occluded more recently (`last_occluded`, (N,) frame
+    indices, -1 = never) is suppressed, provided the other has been occluded at some point too. (N,) bool."""
+    iou = mask_iou(binary, binary)
+    pairs = torch.triu((iou >= iou_threshold) & (groups[:, None] == groups[None, :]), diagonal=1)
+    later, earlier = last_occluded[:, None], last_occluded[None, :]
+    first_later = pairs & (later > earlier) & (earlier > -1)
+    second_later = pairs & (earlier > later) & (later > -1)
+    return first_later.any(1) | second_later.any(0)
 
 
 def _shares_a_group(groups: list[int]) -> bool:
@@ -294,6 +313,23 @@ class ConceptTracker:
                 frame, detections, track_ids, track_binary, track_scores, concepts, recondition_due)
             result.started = list(new_masks)
 
+        # the occlusion rule (memory and outputs): of two tracks of one concept on the same pixels, the one
+        # occluded more recently gives way this frame; an empty or suppressed track counts as occluded now
+        track_prompts = [self.tracks[obj_id].prompt_id for obj_id in track_ids]
+        if config.occlusion_iou > 0 and track_ids:
+            suppressed = np.zeros(len(track_ids), bool)
+            if _shares_a_group(track_prompts):
+                last = torch.as_tensor([self.tracks[obj_id].last_occluded for obj_id in track_ids],
+                                       device=track_masks.device)
+                groups = torch.as_tensor(track_prompts, device=track_masks.device)
+                suppressed = occlusion_suppressed(track_binary, groups, last, config.occlusion_iou).cpu().numpy()
+            for i, obj_id in enumerate(track_ids):
+                if suppressed[i] or not nonempty[i]:
+                    self.tracks[obj_id].last_occluded = frame
+            if suppressed.any():
+                hide = torch.as_tensor(suppressed, device=track_masks.device)[:, None, None]
+                track_masks = torch.where(hide, track_masks.clamp(max=SUPPRESSED_PROBABILITY), track_masks)
+
         # memory masks of this frame, decided over every track the tracker propagated (as the reference, which
         # encodes memory before it removes anything): the tracker's masks, re-anchored ones from the source
         # chosen, then the shrink rule per concept
@@ -303,7 +339,6 @@ class ConceptTracker:
             if config.recondition_on == "detection":
                 for j, i in anchors.items():
                     memory_masks[j] = (detections.masks[i] > config.mask_threshold).to(memory_masks.dtype)
-        track_prompts = [self.tracks[obj_id].prompt_id for obj_id in track_ids]
         if config.shrink_threshold > 0 and _shares_a_group(track_prompts):
             groups = torch.as_tensor(track_prompts, device=memory_masks.device)
             memory_masks = suppress_shrunk(memory_masks, groups, config.shrink_threshold, config.mask_threshold)

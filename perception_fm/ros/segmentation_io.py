@@ -62,6 +62,8 @@ CONCEPT_PARAMS = (
     Param("shrink_threshold", _DEFAULTS.shrink_threshold, "Memory: a track keeping less than this share of its "
           "area when each pixel goes to one track of its concept is blanked for that frame (0 = off).",
           min=0.0, max=1.0),
+    Param("occlusion_iou", _DEFAULTS.occlusion_iou, "Of two tracks of one concept overlapping by this mask IoU, the "
+          "one occluded more recently is hidden for the frame (SAM 3's rule; 0 = off).", min=0.0, max=1.0),
     Param("non_overlapping_outputs", _DEFAULTS.non_overlapping_outputs, "Masks of one concept are disjoint (a "
           "pixel goes to the track of higher tracker score)."),
     Param("max_objects", _DEFAULTS.max_objects, "Most tracks at once.", min=1),
