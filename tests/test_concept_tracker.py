@@ -448,3 +448,17 @@ def test_of_two_tracks_on_one_object_the_later_occluded_gives_way():
     _, committed, _ = session.commits[-1]
     assert (committed[2] <= SUPPRESSED_PROBABILITY).all() and torch.equal(committed[1], same)
     assert tracker.tracks[2].last_occluded == 4 and tracker.tracks[1].last_occluded == 1
+
+
+def test_of_two_detections_claiming_one_track_the_better_overlap_re_anchors_it():
+    import torch
+
+    session = PlannedSession([(1, square(0, 8, 0, 8), 0.9)])
+    tracker = reference_tracker(session, non_overlapping_outputs=False, recondition_iou=0.5)
+    concept_set = concepts_for("thing")
+    tracker.step(FRAMES[0].rgb, concept_set.snapshot())
+    close, closer = square(0, 8, 0, 6), square(0, 8, 0, 7)  # IoU 0.75 and 0.875 with the track
+    for detections in ([(1, close, 0.95), (1, closer, 0.85)], [(1, closer, 0.85), (1, close, 0.95)]):
+        session.detections = detections
+        frame = tracker.step(FRAMES[1].rgb, concept_set.snapshot())
+        assert frame.reconditioned == [1] and torch.equal(frame.instances[0].mask, closer)

@@ -13,15 +13,16 @@ decisions, frame by frame:
    frames; a tentative track unmatched for `max_unmatched_tentative` frames, or duplicating an older track
    (both matched by one detection) for `duplicate_frames` frames, is removed before anyone saw it;
 5. re-anchoring: every `recondition_every` frames, each detection with score >= `recondition_score` whose
-   best IoU with a track of its concept is >= `recondition_iou` is assigned to that one track (greedy over
-   detections in their order, a later one replacing an earlier one: at most one detection per track and one
-   track per detection, as SAM 3's reference); a confirmed track so assigned whose tracker score is above
-   `recondition_tracker_score` is re-anchored: this frame becomes a conditioning frame of its memory, written
+   best IoU with a track of its concept is >= `recondition_iou` is assigned to that one track (at most one
+   detection per track and one track per detection, as SAM 3's reference; of several detections claiming one
+   track the highest IoU stays, where the reference keeps the last in query order); a confirmed track so
+   assigned whose tracker score is above `recondition_tracker_score` is re-anchored: this frame becomes a
+   conditioning frame of its memory, written
    from its own tracker mask (`recondition_on="tracker"`, transformers' default) or from the detection's
    binarised mask ("detection", Meta's original sam3), and it publishes the detection's mask this frame;
 6. memory: the frame's masks are committed to the session (which bounds its memory). Before that, per
    concept, a track whose mask would keep less than `shrink_threshold` of its area once every pixel is given
-   to the track with the highest mask logit there is blanked for this frame's memory (the reference's
+   to the track with the highest mask probability there is blanked for this frame's memory (the reference's
    "pixel-wise non-overlap, suppress shrunk objects");
 7. outputs: per concept, a pixel claimed by several published masks goes to the one with the highest tracker
    score (the reference's object-wise non-overlap), so the masks of one concept are disjoint.
@@ -450,13 +451,16 @@ class ConceptTracker:
         if new_masks:
             self.session.add_objects(frame, new_masks)
         # re-anchoring, as the reference assigns it: each confident detection (not a new track) whose best IoU
-        # is high goes to that one track, in detection order (a later detection replaces an earlier one on the
-        # same track); then the track must be confirmed and its tracker confident
+        # is high goes to that one track (its best; ties: the oldest); a track claimed by several keeps one, so
+        # each detection re-anchors at most one track and each track at most one detection. Which one: the
+        # reference keeps the last in its detector's query order (arbitrary); ours keeps the highest IoU (ties:
+        # the higher score). Then the track must be confirmed and its tracker confident.
         if recondition_due and m:
             best = ious.argmax(axis=1)
-            confident = (scores >= config.recondition_score) & ~is_new & (
-                ious[np.arange(n), best] >= config.recondition_iou)
-            for i in np.flatnonzero(confident):
+            best_iou = ious[np.arange(n), best]
+            confident = np.flatnonzero((scores >= config.recondition_score) & ~is_new
+                                       & (best_iou >= config.recondition_iou))
+            for i in confident[np.lexsort((scores[confident], best_iou[confident]))]:  # best last: it stays
                 anchors[int(best[i])] = int(i)
             tracker_scores = track_scores.float().cpu().numpy()
             anchors = {j: i for j, i in anchors.items()
