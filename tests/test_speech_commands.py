@@ -169,19 +169,77 @@ def test_command_checks_itself():
         Command(CLEAR, ("chair",))
 
 
-def test_every_sentence_of_the_spoken_grammar_is_a_command():
-    """The recognisers' grammar (perception_fm.speech.grammar) must say only what the parser understands,
-    and mean what it looks like it means."""
-    grammar = build_command_grammar(["red cup", "chair", "people"])
+def test_every_sentence_of_the_spoken_grammar_is_a_command_of_its_intent():
+    """The recogniser's grammar and the parser come from one table (perception_fm.speech.intents): every
+    sentence the grammar generates for an intent must parse as exactly one command of that intent, over the
+    listed concepts (plurals mapped to them)."""
+    concepts = ["red cup", "chair", "people", "bottle", "box"]
+    grammar = build_command_grammar(concepts)
     rng = random.Random(7)
-    for _ in range(3000):
-        sentence = grammar.sample(rng)
-        commands = parse_commands(sentence)
-        assert len(commands) == 1, sentence
-        command = commands[0]
-        assert set(command.phrases) <= {"red cup", "chair", "people"}, sentence
-        words = sentence.split()
-        if command.operation == REMOVE:
-            assert {"stop", "forget", "remove", "ignore", "not", "longer"} & set(words), sentence
-        if command.operation == REPLACE:
-            assert {"only", "instead"} & set(words), sentence
+    for intent in (ADD, REMOVE, REPLACE, CLEAR):
+        for _ in range(1500):
+            sentence = grammar.sample(rng, intent)
+            assert grammar.accepts(sentence), sentence
+            commands = parse_commands(sentence, concepts)
+            assert [c.operation for c in commands] == [intent], sentence
+            assert set(commands[0].phrases) <= set(concepts), sentence
+
+
+def test_the_garbage_loop_is_offered_beside_the_commands_but_never_accepted_as_one():
+    grammar = build_command_grammar(["red cup", "chair"], garbage=["garbage-aa", "garbage-k"])
+    jsgf = grammar.jsgf
+    assert "| /1e-20/ <garbage>;" in jsgf and "<garbage> = (garbage-aa | garbage-k)+;" in jsgf
+    assert not grammar.accepts("garbage-aa garbage-k") and grammar.accepts("find the chair")
+    assert "<garbage>" not in build_command_grammar(["chair"]).jsgf
+
+
+# The way people talk: each intent in its common forms (issue 17)
+SPOKEN_FORMS = {
+    # add: find, look for, show me, where is, track, segment, detect, highlight, follow, "I want you to ..."
+    "find the bottle": [Command(ADD, ("bottle",))],
+    "look for the bottles": [Command(ADD, ("bottle",))],
+    "show me the chairs please": [Command(ADD, ("chair",))],
+    "where is the red cup": [Command(ADD, ("red cup",))],
+    "where are the bottles?": [Command(ADD, ("bottle",))],
+    "track every person": [Command(ADD, ("person",))],
+    "can you segment the chair": [Command(ADD, ("chair",))],
+    "could you please detect all the boxes": [Command(ADD, ("box",))],
+    "highlight any bottle": [Command(ADD, ("bottle",))],
+    "follow that person": [Command(ADD, ("person",))],
+    "I want you to track the people": [Command(ADD, ("person",))],
+    "would you find the red cups for me": [Command(ADD, ("red cup",))],
+    "find the bottle, the chair and the box": [Command(ADD, ("bottle", "chair", "box"))],
+    "track the chairs as well as the boxes": [Command(ADD, ("chair", "box"))],
+    # remove: stop tracking, forget, ignore, drop, remove, don't track
+    "stop tracking the bottles": [Command(REMOVE, ("bottle",))],
+    "forget the chair": [Command(REMOVE, ("chair",))],
+    "ignore the people": [Command(REMOVE, ("person",))],
+    "drop the boxes": [Command(REMOVE, ("box",))],
+    "please remove the red cup and the chair": [Command(REMOVE, ("red cup", "chair"))],
+    "don't track the person anymore": [Command(REMOVE, ("person",))],
+    # replace: only, just, track only
+    "only track the bottle": [Command(REPLACE, ("bottle",))],
+    "track only the chairs": [Command(REPLACE, ("chair",))],
+    "segment just the box": [Command(REPLACE, ("box",))],
+    "find the person instead": [Command(REPLACE, ("person",))],
+    # clear: clear, reset, stop everything
+    "clear": [Command(CLEAR)],
+    "reset": [Command(CLEAR)],
+    "reset everything please": [Command(CLEAR)],
+    "stop everything": [Command(CLEAR)],
+    "stop tracking everything": [Command(CLEAR)],
+}
+
+
+@pytest.mark.parametrize("transcript,expected", SPOKEN_FORMS.items())
+def test_spoken_forms_with_the_phrase_list(transcript, expected):
+    assert parse_commands(transcript, ["red cup", "chair", "person", "bottle", "box"]) == expected
+
+
+def test_plurals_name_the_listed_concept_and_only_with_a_list():
+    assert parse_commands("find the bottles") == [Command(ADD, ("bottles",))]  # no list: as said
+    assert parse_commands("find the bottles and the bottle", ["bottle"]) == [Command(ADD, ("bottle",))]
+    # "people" listed itself stays "people"; unlisted phrases stay as said
+    assert parse_commands("track the people and the dogs", ["people", "person"]) == \
+        [Command(ADD, ("people", "dogs"))]
+    assert parse_commands("track the glasses", ["glass"]) == [Command(ADD, ("glass",))]

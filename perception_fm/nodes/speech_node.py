@@ -10,7 +10,9 @@ which resamples it to the model's rate, transcribes it and turns the transcript 
 Publishes (relative names; remap them):
   concepts (std_msgs/String), one message per recognised command, in the concept node's grammar:
     "red cup, chair" add, "-chair" remove, "=mug" replace the set, "=" clear it
-  transcript (std_msgs/String), the text of every utterance (empty when the model heard no words)
+  transcript (std_msgs/String), the text of every utterance (empty when the model heard no words);
+    "[not understood] <text>" when it was no command of the grammar or too unsure to act on (then no
+    command is published: a removal, replacement or clear needs destructive_min_confidence)
 Parameters: perception_fm.speech.params.SPEECH_PARAMS (`ros2 param describe` shows each one's description).
 
 Default model: pocketsphinx, because it works offline out of the box (its English model ships in the PyPI
@@ -135,8 +137,9 @@ class SpeechNode(ModelNode):
         self.phrases = phrases
 
     def process(self, utterance: Utterance) -> float:
-        heard = listen(self.model, utterance, self.phrases, self.values["min_confidence"])
-        self._transcripts.publish(String(data=heard.text))
+        heard = listen(self.model, utterance, self.phrases, self.values["min_confidence"],
+                       self.values["destructive_min_confidence"])
+        self._transcripts.publish(String(data=heard.transcript_message))
         for message in heard.concepts_messages:
             self._concepts.publish(String(data=message))
         for _ in heard.commands or (None,):  # "commands" counts commands; the other outcomes count utterances

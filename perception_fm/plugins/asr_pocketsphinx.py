@@ -10,13 +10,18 @@ Free dictation with the general language model is poor. Given `phrases` (the obj
 name), recognition is constrained to the spoken command grammar over them (perception_fm.speech.grammar:
 "[please] segment the red cup and the chair", "stop tracking the chair", "clear", ...), which is what makes
 it reliable for robot commands. Phrases with a word the dictionary cannot pronounce are left out (logged).
-A grammar hypothesis that is no whole sentence of the grammar (the search's best partial path) is
-rejected: the transcript is empty with confidence 0.
+The grammar also offers a garbage alternative (a loop of phone pseudo-words, see PHONES), so speech that is no
+command is heard as garbage ("…" in the transcript) instead of being forced into the nearest command. A hypothesis that is no
+whole command of the grammar (garbage, or the search's best partial path) keeps its words but gets
+confidence 0. A command's confidence is the least lattice posterior probability of its meaningful words
+(verbs, "only", objects; not "please" or "the"), which the listener compares with min_confidence and, for
+commands that remove, replace or clear, destructive_min_confidence.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -36,6 +41,15 @@ BUNDLED = "bundled en-us"
 LANGUAGES = ("en", "en-us", "english", "")
 MAX_GRAMMARS = 8  # grammar searches kept (one per phrase list in use)
 LM_SUFFIXES = (".lm.bin", ".lm", ".arpa", ".lm.dmp")
+# The garbage model: one pseudo-word per phone of the CMU phone set (the bundled model's), looped in the
+# grammar beside the commands. Speech that is no command then decodes as a phone sequence instead of being
+# forced into the nearest command ("open the door and turn on the light" came out as "find the bottle and the
+# chair and the laptop" with a word posterior of 0.2 without it). Decoding such speech is slower (2-14 s per
+# utterance on a loaded 2-core machine vs 0.1-1.2 s for a command), but it is rejected.
+PHONES = ("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH UH UW V W Y Z "
+          "ZH").split()
+GARBAGE_PREFIX = "garbage-"
+UNINTELLIGIBLE = "…"  # what a run of garbage pseudo-words becomes in the transcript
 
 
 @hookimpl
@@ -102,6 +116,15 @@ class PocketSphinxModel:
         except (RuntimeError, ValueError) as error:
             raise WeightsNotFoundError(f"PocketSphinx could not load {weights}: {error}") from error
         self.has_language_model = language_model is not None
+        # a model directory with another phone set simply has no garbage model (add_word refuses unknown phones)
+        self._garbage_words = []
+        for phone in PHONES:
+            word = GARBAGE_PREFIX + phone.lower()
+            try:
+                self.decoder.add_word(word, phone, False)
+            except (RuntimeError, ValueError):
+                continue
+            self._garbage_words.append(word)
         self._grammars: OrderedDict[tuple[str, ...], tuple[str, object] | None] = OrderedDict()
         self._searches = 0
 
@@ -134,7 +157,8 @@ class PocketSphinxModel:
         if key in self._grammars:
             self._grammars.move_to_end(key)
             return self._grammars[key]
-        grammar = build_command_grammar(key, known_word=self.knows)  # ValueError if no phrase is usable
+        grammar = build_command_grammar(key, known_word=self.knows,  # ValueError if no phrase is usable
+                                        garbage=self._garbage_words)
         if grammar.dropped:
             log.warning("pocketsphinx cannot pronounce a word of %s; left out of the grammar",
                         ", ".join(repr(p) for p in grammar.dropped))
@@ -151,6 +175,17 @@ class PocketSphinxModel:
         return search, grammar
 
     # -- recognition ----------------------------------------------------------------------------------------
+
+    def _word_confidence(self, filler_words) -> float:
+        """The least posterior probability (from the search's word lattice) of the words that carry the intent
+        or an object: the hypothesis is only as sure as its weakest meaningful word ("track" vs "ignore")."""
+        posteriors = []
+        for segment in self.decoder.seg() or ():
+            word = segment.word.split("(")[0]  # "every(2)": the second pronunciation of "every"
+            if word.startswith(("<", "[")) or word in filler_words:
+                continue
+            posteriors.append(float(segment.prob))
+        return float(min(1.0, max(0.0, min(posteriors)))) if posteriors else 0.0
 
     def transcribe(self, audio: np.ndarray, phrases: Sequence[str] | None = None) -> Transcript:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
@@ -172,11 +207,17 @@ class PocketSphinxModel:
             self.decoder.end_utt()
         hypothesis = self.decoder.hyp()
         text = " ".join(hypothesis.hypstr.split()) if hypothesis is not None else ""
+        if GARBAGE_PREFIX in text:
+            text = re.sub(rf"(?:{re.escape(GARBAGE_PREFIX)}\S+\s*)+", UNINTELLIGIBLE + " ", text).strip()
         confidence = None
         if grammar is not None:
             if text and not grammar.accepts(text):
-                log.debug("pocketsphinx partial hypothesis %r is no sentence of the grammar; rejected", text)
-                text, confidence = "", 0.0
+                # the garbage alternative (speech that is no command) or the search's best partial path: the
+                # words are reported, but with no confidence at all, so nothing is acted on
+                log.debug("pocketsphinx hypothesis %r is no command of the grammar; not understood", text)
+                confidence = 0.0
+            elif text:
+                confidence = self._word_confidence(grammar.filler_words)
         elif hypothesis is not None:
             confidence = float(min(1.0, max(0.0, self.decoder.logmath.exp(hypothesis.prob))))
         finished = time.perf_counter()

@@ -494,10 +494,11 @@ class SpeechReplay(ReplayNode):
             return None, []
         outputs, inference_ms = [], 0.0
         for utterance in utterances:
-            heard = listen(self.model, utterance, self.phrases, self.values["min_confidence"])
+            heard = listen(self.model, utterance, self.phrases, self.values["min_confidence"],
+                           self.values["destructive_min_confidence"])
             inference_ms += heard.inference_ms
             self.events[heard.outcome] += max(len(heard.commands), 1)
-            outputs.append(Output(self.topics["transcript"], String(data=heard.text)))
+            outputs.append(Output(self.topics["transcript"], String(data=heard.transcript_message)))
             outputs += [Output(self.topics["concepts"], String(data=text)) for text in heard.concepts_messages]
         return inference_ms, outputs
 

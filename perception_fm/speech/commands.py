@@ -29,9 +29,12 @@ from perception_fm.pipelines.concepts import ADD as CONCEPT_ADD
 from perception_fm.pipelines.concepts import REMOVE as CONCEPT_REMOVE
 from perception_fm.pipelines.concepts import SET as CONCEPT_SET
 from perception_fm.pipelines.concepts import ConceptCommand, format_concepts_message, normalize
+from perception_fm.speech import intents
+from perception_fm.speech.intents import ADD, CLEAR, DESTRUCTIVE, INTENT_BY_NAME, REMOVE, REPLACE, plural
 
-ADD, REMOVE, REPLACE, CLEAR = "add", "remove", "replace", "clear"
 OPERATIONS = (ADD, REMOVE, REPLACE, CLEAR)
+__all__ = ["ADD", "REMOVE", "REPLACE", "CLEAR", "DESTRUCTIVE", "OPERATIONS", "Command", "parse_commands",
+           "parse_command", "to_concepts_message", "canonical_phrases"]
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,10 @@ def to_concepts_message(command: Command) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Vocabulary. Every entry is a phrase of lower-case words; longer phrases are matched first.
+# Vocabulary. Every entry is a phrase of lower-case words; longer phrases are matched first. The intents'
+# verbs and fillers come from perception_fm.speech.intents (the table the recogniser's grammar is built from);
+# the lists here add the forms only a free-speech recogniser writes (PARSER_ONLY in the module docstring of
+# intents).
 
 # Verbs that add concepts (base form; the parser also knows their -ing forms for "stop tracking X").
 ADD_VERBS = (
@@ -71,6 +77,7 @@ ADD_VERBS = (
     "recognise", "recognize", "outline", "label", "select", "look for", "search for", "show me", "show",
     "point out", "pick out", "keep track of", "keep an eye on", "pay attention to", "watch out for",
     "look out for", "focus on", "add", "include", "where is", "where are", "what about", "how about",
+    *INTENT_BY_NAME[ADD].verbs, *INTENT_BY_NAME[REPLACE].verbs,
 )
 GERUNDS = {
     "segment": "segmenting", "track": "tracking", "find": "finding", "detect": "detecting", "locate": "locating",
@@ -88,7 +95,7 @@ START_WORDS = ("start", "begin", "keep", "continue", "go on", "resume")
 REMOVE_VERBS = (
     "forget", "forget about", "remove", "delete", "drop", "ignore", "untrack", "discard", "disregard", "lose",
     "exclude", "get rid of", "cancel", "clear", "never mind", "leave out", "take away", "take out",
-    "throw away", "no more", "not",
+    "throw away", "no more", "not", *INTENT_BY_NAME[REMOVE].verbs,
 )
 # Words that, before an add verb's base or -ing form, make it a removal: "stop tracking", "do not segment".
 NEGATIONS = ("stop", "quit", "cease", "do not", "no longer", "never", "not", "end", "halt", "give up",
@@ -97,7 +104,7 @@ NEGATIONS = ("stop", "quit", "cease", "do not", "no longer", "never", "not", "en
 CLEAR_PHRASES = ("clear", "reset", "start over", "start again", "forget it all", "clear it all", "never mind",
                  "stop it all", "stop all tracking", "stop all segmentation", "clear the list", "reset the list",
                  "clear all concepts", "clear the concepts", "remove all concepts", "clear the screen",
-                 "stop everything", "stop all")
+                 "stop everything", "stop all", *INTENT_BY_NAME[CLEAR].verbs)
 # Remove verbs that clear the set when said without an object ("forget", "stop tracking").
 CLEAR_ALONE = ("forget", "forget about", "remove", "delete", "drop", "discard", "cancel", "clear")
 # Objects meaning "every concept": with a remove verb the set is cleared.
@@ -121,7 +128,7 @@ LEADING_FILLERS = (
     "would you mind", "go ahead and", "try to", "please try to", "let us", "lets", "let's", "you should",
     "you can", "you may", "you could", "i said", "i mean", "you need to", "it is time to", "time to",
     "make sure to", "be sure to", "for me", "quickly", "immediately", "now please",
-    "the robot should", "robot please",
+    "the robot should", "robot please", *intents.LEAD,
 )
 # Said after the objects: dropped.
 TRAILING_FILLERS = (
@@ -133,11 +140,11 @@ TRAILING_FILLERS = (
     "if you see it", "if there are any", "if there is one", "if any", "please and thank you", "robot",
     "here", "there", "over there", "over here", "around", "around here", "nearby", "in sight", "um", "uh",
     "er", "for now", "for a while", "will you", "would you", "can you", "could you", "okay robot", "so",
-    "at all", "all of them", "everywhere",
+    "at all", "all of them", "everywhere", *intents.TRAIL,
 )
 # Joins noun phrases.
 SEPARATORS = ("and also", "and then", "and", "or", "as well as", "plus", "along with", "together with",
-              "also", "&", "nor")
+              "also", "&", "nor", *intents.JOINERS)
 # Removed from the start of each noun phrase, repeatedly ("all of the two red cups" → "red cups").
 DETERMINERS = (
     "the", "a", "an", "all", "all of", "every", "each", "each of", "any", "some", "some of", "this", "that",
@@ -146,7 +153,7 @@ DETERMINERS = (
     "several", "many", "lots of", "a lot of", "plenty of", "a bunch of", "bunch of", "more", "other",
     "another", "the other", "any other", "no", "one", "two", "three", "four", "five", "six", "seven", "eight",
     "nine", "ten", "eleven", "twelve", "twenty", "a pair of", "pair of", "the two", "the three", "a single",
-    "single", "of", "those two", "all those", "all these",
+    "single", "of", "those two", "all those", "all these", *intents.DETERMINERS,
 )
 # Not a concept on its own.
 PRONOUNS = ("it", "them", "this", "that", "these", "those", "one", "ones", "something", "stuff", "things",
@@ -411,8 +418,18 @@ def _clauses(words: list[str]) -> list[list[str]]:
 MAX_WORDS = 200  # a transcript is cut there (a hallucinating model can produce pages)
 
 
-def parse_commands(transcript: str) -> list[Command]:
-    """Every command in a transcript, in the order said ([] when it holds none)."""
+def canonical_phrases(phrases, concepts) -> tuple[str, ...]:
+    """Each phrase as the concept of `concepts` (the node's phrase list) it names: a plural maps to its listed
+    singular ("bottles" → "bottle", "people" → "person" unless "people" is itself listed); any other phrase
+    stays as said. Duplicates that result are dropped, order kept."""
+    listed = {concept: concept for concept in concepts}
+    by_plural = {plural(concept): concept for concept in concepts}
+    return tuple(dict.fromkeys(listed.get(phrase) or by_plural.get(phrase) or phrase for phrase in phrases))
+
+
+def parse_commands(transcript: str, concepts=None) -> list[Command]:
+    """Every command in a transcript, in the order said ([] when it holds none). With `concepts` (the phrase
+    list), objects said in the plural name their listed concept (canonical_phrases)."""
     commands = []
     budget = MAX_WORDS
     for sentence in tokenize(transcript):
@@ -423,11 +440,13 @@ def parse_commands(transcript: str) -> list[Command]:
             command = _parse_clause(clause)
             if command is not None:
                 commands.append(command)
+    if concepts:
+        return [Command(c.operation, canonical_phrases(c.phrases, concepts)) for c in commands]
     return commands
 
 
-def parse_command(transcript: str) -> Command | None:
+def parse_command(transcript: str, concepts=None) -> Command | None:
     """The command a transcript holds, or None if it holds none. A transcript with several commands ("track
     the mug and forget the chair") gives the first one; use parse_commands for all."""
-    commands = parse_commands(transcript)
+    commands = parse_commands(transcript, concepts)
     return commands[0] if commands else None

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
+
+from perception_fm.speech import intents
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -132,24 +134,9 @@ def alt(*options) -> Node:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# The command grammar
+# The command grammar, generated from the intent table (perception_fm.speech.intents)
 
-# Chosen for recognition, not coverage: every alternative is a chance to mishear. Short vowel-like words
-# ("or", "and" as a lead, "an") matched background noise and broke sentences on synthetic speech, so they
-# are left out; commands.py still understands them from recognisers without a grammar.
-LEAD = ("please", "can you", "could you", "can you please", "could you please", "okay robot", "hey robot",
-        "robot", "now")
-TRAIL = ("please", "now", "too", "as well", "thank you")
-ADD = ("segment", "track", "find", "detect", "highlight", "follow", "look for", "search for", "show me",
-       "start tracking", "where is")
-REPLACE_VERBS = ("segment", "track", "find", "detect", "follow")
-REMOVE = ("stop tracking", "stop segmenting", "stop following", "stop looking for", "forget", "forget about",
-          "remove", "ignore", "do not track", "no longer track")
-CLEAR = ("clear", "clear all", "clear everything", "forget everything", "stop tracking everything",
-         "stop tracking", "remove everything", "track nothing", "stop segmenting")
-DETERMINERS = ("the", "a", "all", "all the", "every", "each", "this", "these", "those", "my", "both", "both the")
-JOINERS = ("and", "as well as")
-
+GARBAGE_WEIGHT = 1e-20
 
 def clean_phrase(phrase: str) -> str:
     """A phrase as grammar words: lower case, letters, digits and apostrophes ("coke-bottle" → "coke bottle")."""
@@ -159,16 +146,26 @@ def clean_phrase(phrase: str) -> str:
 
 @dataclass
 class CommandGrammar:
-    root: Node
+    root: Node  # the commands (without the garbage alternative)
     rules: dict[str, Node]
     phrases: tuple[str, ...]  # the object phrases in the grammar
     dropped: tuple[str, ...]  # phrases left out (a word unknown to the recogniser's dictionary)
+    intents: dict[str, Node] = field(default_factory=dict)  # intent name → its sentences (for sampling, tests)
+    garbage: tuple[str, ...] = ()  # the garbage loop's words (the recogniser's phone pseudo-words)
     name: str = "commands"
 
     @property
     def jsgf(self) -> str:
-        lines = ["#JSGF V1.0;", f"grammar {self.name};", f"public <command> = {self.root.jsgf()};"]
+        """The grammar for the recogniser: a command, or (with garbage words) any sequence of them: an
+        utterance that is no command comes out as garbage instead of as the nearest command."""
+        # The garbage loop gets a tiny prior: it should win only where no command fits the sound at all. (A
+        # phone loop fits any speech; a command pays for its words' transitions too, so it needs the edge.)
+        public = (f"/1/ ({self.root.jsgf()}) | /{GARBAGE_WEIGHT:g}/ <garbage>" if self.garbage
+                  else self.root.jsgf())
+        lines = ["#JSGF V1.0;", f"grammar {self.name};", f"public <command> = {public};"]
         lines += [f"<{name}> = {body.jsgf()};" for name, body in self.rules.items()]
+        if self.garbage:
+            lines.append(f"<garbage> = ({' | '.join(self.garbage)})+;")
         return "\n".join(lines) + "\n"
 
     @property
@@ -176,23 +173,39 @@ class CommandGrammar:
         return re.compile(self.root.regex())
 
     def accepts(self, text: str) -> bool:
-        """Whether `text` (words separated by spaces) is a whole sentence of the grammar."""
+        """Whether `text` (words separated by spaces) is a whole command sentence of the grammar (a garbage
+        hypothesis or a search's partial path is not)."""
         words = " ".join(text.lower().split())
         return bool(words) and self.pattern.fullmatch(" " + words) is not None
 
-    def sample(self, rng: random.Random) -> str:
-        return " ".join(self.root.sample(rng))
+    def sample(self, rng: random.Random, intent: str | None = None) -> str:
+        """A random sentence of the grammar (of one intent's sentences with `intent`)."""
+        node = self.root if intent is None else self.intents[intent]
+        return " ".join(node.sample(rng))
+
+    @property
+    def filler_words(self) -> frozenset[str]:
+        """Words that carry neither intent nor object (lead, trail, determiners, joiners): a recogniser's
+        confidence in them says nothing about what is meant."""
+        words = {w for group in (intents.LEAD, intents.TRAIL, intents.DETERMINERS, intents.JOINERS)
+                 for option in group for w in option.split()}
+        meaningful = {w for intent in intents.INTENTS for option in intent.verbs + intent.forms
+                      for w in option.split()} | {w for p in self.phrases for w in p.split()}
+        return frozenset(words - meaningful)
 
 
 def build_command_grammar(phrases: Iterable[str], known_word: Callable[[str], bool] | None = None,
-                          name: str = "commands") -> CommandGrammar:
-    """The command grammar over `phrases` (the objects the operator may name). `known_word` tells whether
-    the recogniser can pronounce a word; alternatives with unknown words are left out (phrases among them
-    are listed in `dropped`). ValueError if no phrase is left."""
+                          name: str = "commands", garbage: Sequence[str] = ()) -> CommandGrammar:
+    """The command grammar over `phrases` (the objects the operator may name) and their plurals, every intent
+    of perception_fm.speech.intents.INTENTS in each of its forms. `known_word` tells whether the recogniser
+    can pronounce a word; alternatives with unknown words are left out (phrases among them are listed in
+    `dropped`). `garbage`: the recogniser's words for a garbage model (PocketSphinx: one pseudo-word per
+    phone), which the JSGF offers as a loop beside the commands, so speech that is no command is heard as
+    garbage instead of being forced into the nearest command. ValueError if no phrase is left."""
     known = known_word or (lambda word: True)
 
     def usable(options: Sequence[str]) -> list[str]:
-        return [option for option in options if all(known(word) for word in option.split())]
+        return list(dict.fromkeys(option for option in options if all(known(word) for word in option.split())))
 
     kept, dropped = [], []
     for phrase in phrases:
@@ -207,6 +220,7 @@ def build_command_grammar(phrases: Iterable[str], known_word: Callable[[str], bo
     if not kept:
         raise ValueError("no phrase of the phrase list can be recognised"
                          + (f" (unknown words in: {', '.join(dropped)})" if dropped else ""))
+    plurals = [p for p in usable([intents.plural(phrase) for phrase in kept]) if p not in kept]
 
     rules: dict[str, Node] = {}
 
@@ -217,31 +231,44 @@ def build_command_grammar(phrases: Iterable[str], known_word: Callable[[str], bo
         rules[rule_name] = alt(*options)
         return Ref(rule_name, rules[rule_name])
 
-    phrase = rule("phrase", kept)
-    determiner = rule("determiner", DETERMINERS)
-    obj = Ref("object", seq(Opt(determiner), phrase) if determiner else phrase)
-    rules["object"] = obj.body
-    joiner = rule("joiner", JOINERS)
-    objects = Ref("objects", seq(obj, Star(seq(joiner, obj))) if joiner else obj)
-    rules["objects"] = objects.body
+    def named(rule_name: str, body: Node) -> Node:
+        rules[rule_name] = body
+        return Ref(rule_name, body)
 
-    commands = []
-    add = rule("add_verb", ADD)
-    if add:
-        commands.append(seq(add, objects))
-    remove = rule("remove_verb", REMOVE)
-    if remove:
-        commands.append(seq(remove, objects))
-    replace = rule("replace_verb", REPLACE_VERBS)
-    if replace and known("only"):
-        commands += [seq("only", replace, objects), seq(replace, "only", objects)]
-        if known("instead"):
-            commands.append(seq(replace, objects, "instead"))
-    clear = rule("clear", CLEAR)
-    if clear:
-        commands.append(clear)
-    body = alt(*commands)
-    lead, trail = rule("lead", LEAD), rule("trail", TRAIL)
+    phrase = rule("phrase", kept)
+    plural_rule = rule("plural", plurals)
+    noun = alt(phrase, plural_rule) if plural_rule else phrase
+    determiner = rule("determiner", intents.DETERMINERS)
+    obj = named("object", seq(Opt(determiner), noun) if determiner else noun)
+    joiner = rule("joiner", intents.JOINERS)
+    objects = named("objects", seq(obj, Star(seq(joiner, obj))) if joiner else obj)
+
+    by_intent: dict[str, Node] = {}
+    for intent in intents.INTENTS:
+        verb = rule(f"{intent.name}_verb", intent.verbs)
+        if verb is None:
+            continue
+        sentences = []
+        for form in intent.forms:
+            parts = []
+            for token in re.split(r"(\{verb\}|\{objects\})", form):
+                if token == "{verb}":
+                    parts.append(verb)
+                elif token == "{objects}":
+                    parts.append(objects)
+                elif token.strip():
+                    parts.append(token.strip())
+            literal = " ".join(p for p in parts if isinstance(p, str))
+            if all(known(word) for word in literal.split()):
+                sentences.append(seq(*parts))
+        if sentences:
+            by_intent[intent.name] = named(intent.name, alt(*sentences))
+    body = alt(*by_intent.values())
+    lead, trail = rule("lead", intents.LEAD), rule("trail", intents.TRAIL)
     root = seq(*([Opt(lead)] if lead else []), body, *([Opt(trail)] if trail else []))
-    # rule order in the JSGF text: dependencies after their users is fine for JSGF
-    return CommandGrammar(root=root, rules=rules, phrases=tuple(kept), dropped=tuple(dropped), name=name)
+    intent_roots = {name: seq(*([Opt(lead)] if lead else []), node, *([Opt(trail)] if trail else []))
+                    for name, node in by_intent.items()}
+    grammar = CommandGrammar(root=root, rules=rules, phrases=tuple(kept), dropped=tuple(dropped),
+                             intents=intent_roots, name=name)
+    grammar.garbage = tuple(dict.fromkeys(garbage))
+    return grammar

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from perception_fm.nodes.params import Param
 from perception_fm.ros.qos import PROFILES
+from perception_fm.speech.listener import DESTRUCTIVE_MIN_CONFIDENCE, MIN_CONFIDENCE
 from perception_fm.speech.vad import VadConfig
 
 _VAD = VadConfig()
@@ -21,8 +22,14 @@ SPEECH_PARAMS = (
     Param("phrase_list", "", "Objects the operator may name, comma-separated (e.g. \"red cup, chair, person\"). "
                              "pocketsphinx: recognition is constrained to the command grammar over them (without "
                              "a list it dictates freely, poorly); whisper: they bias the decoder prompt."),
-    Param("min_confidence", 0.0, "Transcripts the model is less confident of give no command (0 = all do; "
-                                 "models without a confidence always pass).", min=0.0, max=1.0),
+    Param("min_confidence", MIN_CONFIDENCE,
+          "Transcripts the model is less confident of give no command (0 = all do; models without a "
+          "confidence always pass). pocketsphinx: the least word posterior of the command's verbs and objects; "
+          "whisper: exp(mean token log-probability).", min=0.0, max=1.0),
+    Param("destructive_min_confidence", DESTRUCTIVE_MIN_CONFIDENCE,
+          "An utterance with a command that removes, replaces or clears concepts is acted on only at this "
+          "confidence or above; below, it is published on `transcript` as \"[not understood] ...\" and nothing "
+          "changes (a misheard \"ignore the person\" is worse than none).", min=0.0, max=1.0),
     # audio source
     Param("source", "topic", "topic: perception_fm/AudioData on `audio`; microphone: the default input device "
                              "through sounddevice (needs PortAudio).", choices=SOURCES, read_only=True),
