@@ -560,15 +560,6 @@ class Sam3TrackingSession:
             return
         probabilities = self._mask_batch(values)
         logits = torch.logit(probabilities.clamp(PROBABILITY_EPS, 1.0 - PROBABILITY_EPS))
-        # Probabilities lose the logits beyond float32's saturation (|logit| > ~16); the memory encoder resamples
-        # logits before its sigmoid, so that loss shows at mask edges (up to ~2e-3 in the next frame's masks).
-        # Where a committed probability is saturated on the side of the object's own logit on this frame, that
-        # logit is used: committing the tracker's masks writes the memory its logits would.
-        own = torch.stack([self._pending[obj_id].logits for obj_id in ids])[:, None]
-        if own.shape[-2:] == logits.shape[-2:]:
-            high = (probabilities >= 1.0 - PROBABILITY_EPS) & (own > logits)
-            low = (probabilities <= PROBABILITY_EPS) & (own < logits)
-            logits = torch.where(high | low, own, logits)
         # Every mask is encoded as given (the encoder reads its probabilities), conditioning ones included, as
         # transformers' _tracker_update_memories does for re-conditioned objects; a caller that wants a binary
         # conditioning memory (re-anchoring on a detection) commits a binary mask.
