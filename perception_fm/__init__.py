@@ -13,3 +13,11 @@ _generated = os.environ.get("PERCEPTION_FM_INTERFACES_DIR") or os.path.join(
 )
 if os.path.isdir(_generated) and _generated not in __path__:
     __path__.append(_generated)
+
+# OpenMP threads that find no work spin by default, waiting for the next parallel region. On a robot (and in
+# CI) other processes keep cores busy, and then every parallel region waits for a descheduled spinning
+# thread. `perception-fm bench omp` (DA3-Small, 280 px, 2 threads, on this 2-core machine with another process
+# busy): 1,356 ms per view spinning vs 207 ms waiting passively; with two other processes busy 1,902 vs 323 ms.
+# Must be set before torch's OpenMP runtime starts, so here, where every perception_fm process begins; a
+# user's own OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -9,6 +9,7 @@ import random
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
 
+import perception_fm  # noqa: E402,F401  before any test imports torch: sets OMP_WAIT_POLICY (see its __init__)
 import pytest  # noqa: E402
 
 
