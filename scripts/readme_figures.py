@@ -122,11 +122,20 @@ def _speech_rows(speech: dict) -> list[tuple[str, str]]:
         voices.setdefault(row["voice"], []).append(row)
     speeds = sorted({row["speed"] for row in speech["rows"]})
     seeds = sorted({row["seed"] for row in speech["rows"]})
-    per_voice = "; ".join(f"{voice} {sum(r['right'] for r in rows)}/{sum(r['utterances'] for r in rows)}"
-                          for voice, rows in voices.items())
-    return [(f"spoken commands right: espeak-ng voice -> speech node's VAD and listener -> {speech['model']} over "
-             f"{len(speech['phrases'])} phrases ({_joined(speeds, str)} wpm, noise seeds {_joined(seeds, str)})",
-             per_voice)]
+    if "opposite" not in speech["rows"][0]:  # results of the first version of the benchmark
+        per_voice = "; ".join(f"{voice} {sum(r['right'] for r in rows)}/{sum(r['utterances'] for r in rows)}"
+                              for voice, rows in voices.items())
+        return [(f"spoken commands right: espeak-ng voice -> speech node's VAD and listener -> {speech['model']} "
+                 f"over {len(speech['phrases'])} phrases ({_joined(speeds, str)} wpm, noise seeds "
+                 f"{_joined(seeds, str)})", per_voice)]
+    snrs = sorted({row["snr_db"] for row in speech["rows"] if row["snr_db"] is not None})
+    per_voice = "; ".join(
+        f"{voice} {sum(r['right'] for r in rows)}/{sum(r['utterances'] for r in rows)} right, "
+        f"{sum(r['rejected'] for r in rows)} not understood, {sum(r['opposite'] for r in rows)} opposite"
+        for voice, rows in voices.items())
+    return [(f"spoken commands: {speech['phrasings_used']} of {speech['corpus_phrasings']} phrasings (espeak-ng) "
+             f"-> speech node's VAD and listener -> {speech['model']} over {len(speech['phrases'])} phrases "
+             f"({_joined(speeds, str)} wpm, room noise {_joined(snrs, lambda v: f'{v:g}')} dB SNR)", per_voice)]
 
 
 def table(results: dict, source: str) -> str:
