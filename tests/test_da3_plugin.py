@@ -173,6 +173,9 @@ def test_nested_variant_gives_metric_depth_and_poses(pose_method, da3_nested_mod
     prediction = da3_nested_model.predict(views, pose_method=pose_method)
     size = views[0].size  # depth comes out at the processed size: the smallest, one patch a side
     assert size == (14, 14)
-    assert prediction.is_metric and prediction.depth.shape == (2, *size) and np.all(prediction.depth > 0)
+    # Random weights: the cameras are arbitrary (the ray solve may return a focal of a few hundredths of a pixel,
+    # which the nested net's own metric scaling turns into depths of ~0), so only finite, non-negative depth.
+    assert prediction.is_metric and prediction.depth.shape == (2, *size)
+    assert np.all(np.isfinite(prediction.depth)) and np.all(prediction.depth >= 0)
     assert prediction.world_to_camera.shape == (2, 4, 4) and prediction.sky.shape == (2, *size)
     np.testing.assert_allclose(prediction.world_to_camera[0], np.eye(4), atol=1e-5)
