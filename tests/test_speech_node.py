@@ -22,10 +22,10 @@ from ros_probe import Probe, diagnostics_values, start_node, stop_node
 pytestmark = pytest.mark.ros
 
 PHRASES = "red cup, chair, mug, person, people, laptop, bottle, keyboard"
-# An espeak-ng voice PocketSphinx's US English model hears well: through this node's VAD and listener with
-# the grammar over these phrases, 60 of 60 commands right (20 sentences x 130/150/175 wpm), en-us+f5 60/60, the
-# default male en-us 58/60, en-us+f3 56/60; the misses were no command at all (`perception-fm bench speech
-# --voices en-us+f2,en-us+f5,en-us,en-us+f3 --speeds 130,150,175`, bench/results/cpu-x86_64-2cores.json).
+# The espeak-ng voice PocketSphinx's US English model hears best: over `perception-fm bench speech`'s own
+# phrasings (a stratified 28 of 83) in a quiet room, 22/28 right and 6 not understood, vs 18/28 for the male
+# en-us voice, never the opposite intent (`--voices en-us,en-us+f2 --snr none`); the sentences below are ones
+# it hears right.
 VOICE = "en-us+f2"
 SPEED = 150  # words per minute
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,

@@ -2,9 +2,9 @@
 
 A recogniser constrained to a grammar hears only sentences of it, which makes a small offline model
 reliable for robot commands: "[can you] segment the red cup and the chair [please]", "stop tracking the
-chair", "only track the mug", "clear". Its verbs, fillers and determiners are a subset of what
-perception_fm.speech.commands understands (the tests check that every sentence of it parses), and its
-objects are the phrase list the node is given.
+chair", "only track the mug", "clear". It is generated from the intent table (perception_fm.speech.intents),
+which perception_fm.speech.commands parses too (the tests check that every sentence of each intent parses as
+that intent), and its objects are the phrase list the node is given and their plurals.
 
 The same grammar is also a regular expression over words (`CommandGrammar.accepts`): a grammar search that
 never reaches the end of a sentence reports its best partial path ("segment the red"); such hypotheses are
