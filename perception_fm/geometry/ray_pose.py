@@ -25,9 +25,16 @@ are chosen first, all views and hypotheses at once, with no loop over cells: lea
 (homographies from random 4-cell samples drawn by confidence, the one whose median angular error over a
 confidence-drawn sample of cells is smallest wins; no threshold to tune), then inliers = cells within 3x the
 median error (never below a float-rounding floor, so exact rays keep every cell), a weighted DLT on them, and
-twice again with the error scale re-estimated from the inliers. The final fit is the same unbiased weighted
-DLT on the inlier cells (the principal point stays free), and the camera centre averages their origins.
-Sampling is seeded: the same rays always give the same pose.
+twice again with the error scale re-estimated from the inliers. Then the same unbiased weighted DLT on the
+inlier cells (the principal point stays free).
+
+Last, the DLT's algebraic error is traded for the angles themselves: Levenberg-Marquardt on the weighted sum of
+squared sines of the angles between each inlier ray and G p (the maximum-likelihood fit for isotropic angular
+ray noise), with all 8 degrees of freedom of G free; with robust=True the inliers are chosen once more on those
+world angles and it is refined again. At 1 deg of noise + 20 % outliers this lands within ~0.05 px / 0.04 deg of
+an independent ML fit (the DLT alone: ~0.17 px / 0.09 deg away), which is the Cramer-Rao floor of any unbiased
+estimate with a free principal point. The camera centre averages the inliers' origins. Sampling is seeded: the
+same rays always give the same pose.
 """
 from __future__ import annotations
 
@@ -215,6 +222,7 @@ def solve_ray_pose(
     trace = torch.diagonal(covariance, dim1=-2, dim2=-1).sum(dim=-1)
     bias_outer = (trace[..., None, None] * eye - covariance).reshape(B, h * w, 9)
     G = _weighted_dlt(direction_outer, pixel_outer, weights, bias_outer)
+    confidence_weights = weights
     if robust:
         inliers = _robust_inliers(G, direction_outer, pixel_outer, weights, p, d, seed, bias_outer)
         weights = torch.where(inliers, weights, 0.0)
@@ -225,8 +233,19 @@ def solve_ray_pose(
     # the principal point's spread at 1 deg of noise. Two rounds settle it.
     for _ in range(2):
         G = _weighted_dlt(direction_outer, pixel_outer, weights / _error_variance(G, p, covariance), bias_outer)
-    # Undo the conditioning: T_d d ~ G' T_p p  =>  p ~ T_p^-1 G'^-1 T_d d.
-    H = torch.linalg.solve(T_p, torch.linalg.solve(G, T_d))
+    # Undo the direction conditioning: T_d d ~ G' T_p p  =>  d ~ (T_d^-1 G') p_n with p_n = T_p p the Hartley-
+    # normalised pixels. The DLT's error is still algebraic; the refinement then minimises the angles between
+    # the world rays and G p_n themselves, over the inlier cells.
+    G = torch.linalg.solve(T_d, G)
+    G = _refine_angular(G / torch.linalg.matrix_norm(G)[:, None, None], p, directions, weights)
+    if robust:
+        # The inliers were chosen on conditioned angles, whose scale varies across the image, so they cut the
+        # noise's tails unevenly (0.03-0.15 px of principal point away from the ML fit at 1 deg of noise).
+        # Choose them again on the world angles of the refined fit, one threshold for the whole view, and
+        # refine once more.
+        weights = _world_inliers(G, p, directions, confidence_weights, weights)
+        G = _refine_angular(G, p, directions, weights)
+    H = torch.linalg.solve(T_p, torch.linalg.inv(G))  # p ~ T_p^-1 G^-1 d
 
     # --- Decomposition -----------------------------------------------------------------------------------
     # H = lambda K R with det(K) > 0 and det(R) = 1, so det(H) > 0 picks lambda > 0, the sign for which the
@@ -345,3 +364,88 @@ def _robust_inliers(G: Tensor, direction_outer: Tensor, pixel_outer: Tensor, wei
                           bias_outer)
         scale = _median_of_valid(_angular_errors(G, scoring_p, scoring_d), inliers.gather(1, scoring))
     raise AssertionError("unreachable")
+
+
+# Levenberg-Marquardt steps on the angular error (see _refine_angular). From the DLT's start one Gauss-Newton
+# step lands within 1e-4 px of the optimum (measured); the second only guards against a rejected first step.
+ANGULAR_ITERATIONS = 2
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """(..., 1) dot products of (..., 3) vectors; summing the 3 components explicitly is several times faster in
+    torch than a reduction over a last dimension of size 3."""
+    return (a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2])[..., None]
+
+
+def _refine_angular(G: Tensor, p: Tensor, d: Tensor, weights: Tensor) -> Tensor:
+    """Maps G (B, 3, 3) (normalised pixels p (B, N, 3) -> world directions) minimising the weighted sum of
+    squared sines of the angles between each unit direction d_i and G p_i (B views at once).
+
+    With isotropic angular noise on the rays this is the maximum-likelihood fit, which the algebraic DLT only
+    approximates: its error weights each cell by how the conditioning stretches it, which left the principal
+    point 0.04-0.33 px (rotation 0.04-0.13 deg) from the ML fit at 1 deg of ray noise. All 8 degrees of
+    freedom of G (K and R) stay free, so nothing pulls the principal point anywhere. Levenberg-Marquardt: per
+    view, a step is kept only if it lowers the cost, so the result is never worse than the start; exact rays have
+    zero residual and gradient, so they stay exact. weights (B, N) zero on cells not to fit (outliers, unusable)."""
+    B, N = p.shape[:2]
+
+    def residuals(G: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        mapped = p @ G.transpose(-1, -2)
+        length = mapped.norm(dim=-1, keepdim=True)
+        unit = mapped / length
+        # The part of the unit model ray across the observed one: its length is the sine of the angle. A cell
+        # G maps backwards would read as a small error; inliers were chosen forward, and outliers weigh 0.
+        residual = unit - d * _dot(unit, d)
+        cost = (weights * _dot(residual, residual)[..., 0]).sum(dim=-1)
+        return residual, cost, unit, length
+
+    residual, cost, unit, length = residuals(G)
+    damping = torch.full((B,), 1e-6, dtype=G.dtype, device=G.device)
+    eye3 = torch.eye(3, dtype=G.dtype, device=G.device)[None]
+    for _ in range(ANGULAR_ITERATIONS):
+        # d(residual) = (I - d d^T) A dG p with A = (I - u u^T) / |G p|, so J^T J = sum w A (I - d d^T) A (x)
+        # p p^T and J^T r = vec(sum w (A r) p^T) (r is already across the ray). In closed form, without 3x3
+        # products per cell: A (I - d d^T) A = (I - u u^T - v v^T) / |G p|^2 with v = d - u (u.d), and
+        # A r = (r - u (u.r)) / |G p|.
+        # With vec(a b^T) = a (x) b: sum w (I - u u^T - v v^T) (x) p p^T / |Gp|^2 = I (x) (sum w' p p^T)
+        # - X^T W' X over the 9-vectors X = u (x) p and v (x) p: two plain matrix products over the cells.
+        v = d - unit * _dot(unit, d)
+        scaled = weights / length[..., 0].square()
+        pixel_moment = (scaled[..., None] * p).transpose(1, 2) @ p  # (B, 3, 3)
+        lifted = torch.cat([unit, v], dim=1)[..., :, None] * torch.cat([p, p], dim=1)[..., None, :]
+        lifted = lifted.reshape(B, 2 * N, 9)
+        lifted_weights = torch.cat([scaled, scaled], dim=1)[..., None]
+        normal = torch.kron(eye3, pixel_moment) - (lifted_weights * lifted).transpose(1, 2) @ lifted
+        pulled = (residual - unit * _dot(unit, residual)) / length
+        gradient = ((weights[..., None] * pulled).transpose(1, 2) @ p).reshape(B, 9)
+        # Scaling G changes no angle, so g itself is a null direction of J^T J and of the gradient; the
+        # damping (relative to the curvature) keeps the system regular and the step never moves along g.
+        scale = torch.diagonal(normal, dim1=-2, dim2=-1).mean(dim=-1).clamp_min(torch.finfo(G.dtype).tiny)
+        system = normal + (damping * scale)[:, None, None] * torch.eye(9, dtype=G.dtype, device=G.device)
+        step = torch.linalg.solve(system, -gradient[..., None])[..., 0].reshape(B, 3, 3)
+        candidate = G + step
+        candidate = candidate / torch.linalg.matrix_norm(candidate)[:, None, None]
+        new_residual, new_cost, new_unit, new_length = residuals(candidate)
+        better = torch.isfinite(new_cost) & (new_cost < cost)
+        G = torch.where(better[:, None, None], candidate, G)
+        residual = torch.where(better[:, None, None], new_residual, residual)
+        unit = torch.where(better[:, None, None], new_unit, unit)
+        length = torch.where(better[:, None, None], new_length, length)
+        cost = torch.where(better, new_cost, cost)
+        damping = torch.where(better, damping * 0.1, damping * 10.0).clamp(1e-12, 1e6)
+    return G
+
+
+def _world_inliers(G: Tensor, p: Tensor, directions: Tensor, confidence_weights: Tensor,
+                   current: Tensor) -> Tensor:
+    """(B, N) normalised weights of the cells whose world angle to G p is below INLIER_MEDIANS median errors of
+    the `current` inliers (weights > 0: the median of outlier-free errors, so the cut sits ~3.5 noise sigmas out
+    whatever the outlier share, and outliers already rejected stay out). A view left with too few cells keeps
+    `current`."""
+    usable = confidence_weights > 0
+    angles = _angular_errors(G, p, directions)
+    threshold = (INLIER_MEDIANS * _median_of_valid(angles, current > 0)).clamp_min(MIN_INLIER_THRESHOLD)
+    inliers = usable & (angles < threshold[:, None])
+    weights = torch.where(inliers, confidence_weights, 0.0)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    return torch.where((inliers.sum(dim=1, keepdim=True) >= MIN_INLIER_CELLS), weights, current)
