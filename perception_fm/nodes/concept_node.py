@@ -56,37 +56,6 @@ MAX_PENDING_CONCEPT_MESSAGES = 10_000
 LOG_THROTTLE_S = 5.0  # warnings about a flood of bad prompts or empty commands: one line per period, counts exact
 
 
-class _PromptCall:
-    """A prompt handed to the worker that its caller can withdraw until the worker has started it, so that a
-    prompt answered "busy" never applies later (and takes no track id)."""
-
-    def __init__(self, function):
-        self.function = function
-        self.lock = threading.Lock()
-        self.started = self.withdrawn = False
-        self.done = threading.Event()
-        self.result = None
-        self.error: Exception | None = None
-
-    def run(self) -> None:  # in the worker
-        with self.lock:
-            if self.withdrawn:
-                return
-            self.started = True
-        try:
-            self.result = self.function()
-        except Exception as error:  # handed back to the caller
-            self.error = error
-        finally:
-            self.done.set()
-
-    def withdraw(self) -> bool:
-        """True if withdrawn in time (it will never run); False if the worker has already started it."""
-        with self.lock:
-            self.withdrawn = not self.started
-            return self.withdrawn
-
-
 class _NoModel(RuntimeError):
     """A prompt came while the node has no model (loading, or it failed to load)."""
 
@@ -242,15 +211,7 @@ class ConceptNode(ModelNode):
                 self.stats.event("bad_prompt")
                 raise
 
-        call = _PromptCall(prompt)
-        self.run_in_worker(call.run, wait=False)
-        if not call.done.wait(self.prompt_timeout_s) and call.withdraw():
-            raise TimeoutError(f"the worker is busy (a frame took over {self.prompt_timeout_s:g} s); the prompt was "
-                               "not applied and took no id: try again")
-        call.done.wait()  # started: a prompt takes milliseconds, and its outcome is the answer
-        if call.error is not None:
-            raise call.error
-        return call.result
+        return self.run_in_worker(prompt, timeout=self.prompt_timeout_s)  # withdrawn when busy: takes no id
 
     def _on_prompt_point(self, message: PointStamped) -> None:
         points = np.array([[message.point.x, message.point.y]])

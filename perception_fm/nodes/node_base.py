@@ -79,11 +79,34 @@ class GatedPublisher(Publisher):
 
 
 class _WorkerCall:
+    """A function handed to the worker. Its caller can withdraw it until the worker has started it, so that a
+    call answered "busy" never runs later (e.g. a prompt that would still take a track id)."""
+
     def __init__(self, function):
         self.function = function
+        self.lock = threading.Lock()
+        self.started = self.withdrawn = False
         self.done = threading.Event()
         self.result = None
         self.error: Exception | None = None
+
+    def run(self) -> None:  # in the worker
+        with self.lock:
+            if self.withdrawn:
+                return
+            self.started = True
+        try:
+            self.result = self.function()
+        except Exception as error:  # handed back to the caller
+            self.error = error
+        finally:
+            self.done.set()
+
+    def withdraw(self) -> bool:
+        """True if withdrawn in time (it will never run); False if the worker has already started it."""
+        with self.lock:
+            self.withdrawn = not self.started
+            return self.withdrawn
 
 
 class ModelNode(Node):
@@ -238,15 +261,18 @@ class ModelNode(Node):
 
     def run_in_worker(self, function, timeout: float = 5.0, wait: bool = True):
         """Run `function` in the worker thread between frames (model state is the worker's alone) and
-        return its result; raises TimeoutError if the worker does not get to it in time. With wait=False
-        it is queued and None returned at once."""
+        return its result. If the worker has not started it within `timeout` s it is withdrawn (it never runs)
+        and TimeoutError is raised; once started, its outcome is awaited (calls take milliseconds). With
+        wait=False it is queued and None returned at once."""
         call = _WorkerCall(function)
         with self._calls_lock:
             self._calls.append(call)
         if not wait:
             return None
-        if not call.done.wait(timeout):
-            raise TimeoutError("the worker is busy; try again")
+        if not call.done.wait(timeout) and call.withdraw():
+            raise TimeoutError(f"the worker is busy (a frame took over {timeout:g} s); the request was not "
+                               "applied: try again")
+        call.done.wait()
         if call.error is not None:
             raise call.error
         return call.result
@@ -255,11 +281,7 @@ class ModelNode(Node):
         with self._calls_lock:
             calls, self._calls = self._calls, []
         for call in calls:
-            try:
-                call.result = call.function()
-            except Exception as error:  # handed back to the caller
-                call.error = error
-            call.done.set()
+            call.run()
 
     def _work(self) -> None:
         while not self._stop.is_set() and rclpy.ok(context=self.context):
