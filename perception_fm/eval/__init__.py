@@ -1,7 +1,11 @@
-"""Offline evaluation of a replay's output bag against ground truth: depth (perception_fm.eval.depth),
-trajectory (perception_fm.eval.trajectory), segmentation and tracking (perception_fm.eval.segmentation),
-the bag runner (perception_fm.eval.runner.evaluate), the HTML/JSON report (perception_fm.eval.report) and the
-command line (perception_fm.eval.cli.main)."""
+"""Offline evaluation of a replay's output bag against ground truth. Where things are:
+
+- reading the bags, grouping messages into frames: perception_fm.eval.reading (entry point runner.evaluate);
+- settings and topics: perception_fm.eval.config; the result and its text table: perception_fm.eval.result;
+- each metric family: depth (depth), depth F-score (depth_fscore), trajectory ATE/RPE (trajectory), relative pose
+  AUC (pose_auc), segmentation and tracking (segmentation), trivial baselines (baselines); their rows for a bag:
+  perception_fm.eval.summary;
+- drawing: the sample images (samples), the HTML/JSON report (report); the command line: perception_fm.eval.cli."""
 from __future__ import annotations
 
 __all__ = ["EvalConfig", "EvalError", "EvalResult", "evaluate", "write_json", "write_report"]

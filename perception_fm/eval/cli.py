@@ -51,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from perception_fm.eval.report import write_json, write_report
-    from perception_fm.eval.runner import EvalConfig, EvalError, EvalTopics, evaluate
+    from perception_fm.eval.config import EvalConfig, EvalError, EvalTopics
+    from perception_fm.eval.runner import evaluate
 
     topics = EvalTopics()
     for item in args.topic:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perception_fm.eval.runner import EvalResult, MetricRow, format_value
+from perception_fm.eval.result import EvalResult, MetricRow, format_value
 
 GROUP_TITLES = {"depth": "Depth", "trajectory": "Trajectory", "segmentation": "Segmentation",
                 "tracking": "Tracking"}
