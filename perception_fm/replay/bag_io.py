@@ -10,7 +10,8 @@ stream), each indexed chunk's record header and sizes against its index entry, a
 file's statistics. Chunks written without a CRC (rosbags' own writer leaves it 0) are checked against their
 message-index records instead. Any damage raises BagReadError naming the file, the byte offset, the topics and
 log times concerned, after everything before it has been yielded. sqlite3 bags (and file-compressed bags) are
-read through `rosbags`.
+read through `rosbags`. ROS 1 bags (.bag) are read through rosbags' rosbag1 reader with every message converted
+to its ROS 2 type (perception_fm.replay.ros1), so replay and eval take them as they are.
 
 Writing. rosbags' Writer writes the rosbag2 directory and its metadata.yaml; the MCAP file inside is written by
 `mcap`'s Writer (a storage plugin below), which computes chunk and summary CRCs, so the replay's
@@ -30,6 +31,7 @@ from typing import Iterator
 from rclpy.serialization import deserialize_message, serialize_message
 
 from perception_fm.errors import PerceptionFmError
+from perception_fm.replay.ros1 import ROS1_MAGIC
 from perception_fm.ros.interfaces import message_definitions
 
 
@@ -91,7 +93,7 @@ class McapDamage(Exception):
 
 
 class BagReader:
-    """Messages of a rosbag2 (directory or single .mcap/.db3 file) in log-time order.
+    """Messages of a rosbag2 (directory or single .mcap/.db3 file) or a ROS 1 .bag in log-time order.
 
     An MCAP file without a usable index (a recorder killed before it wrote the summary, or a damaged summary) is
     read as a stream in file order (`streaming` is True, `reason` says why); its topics come from a first pass
@@ -112,6 +114,14 @@ class BagReader:
             self.streaming = any(source.reason for source in self._reader.sources)
             self.reason = "; ".join(f"{s.path.name}: {s.reason}" for s in self._reader.sources if s.reason)
             self._reader.reason = self.reason  # read by the runner's warning
+        elif storage == "rosbag1":
+            from perception_fm.replay.ros1 import Ros1Bag
+
+            try:
+                self._reader = Ros1Bag(self.path)
+            except Exception as error:  # rosbags raises several types for unreadable bags
+                raise BagReadError(f"cannot open ROS 1 bag {str(self.path)!r}: {type(error).__name__}: "
+                                   f"{_one_line(error)}") from error
         else:
             from rosbags.highlevel import AnyReader
 
@@ -205,7 +215,9 @@ def _locate(path: Path) -> tuple[str, list[Path], dict[str, str]]:
             return "mcap", [path], {}  # a wrong magic is reported with the byte offset by _McapSource
         if start.startswith(_SQLITE_MAGIC):
             return "rosbags", [], {}
-        raise BagReadError(f"input {str(path)!r} is not a bag: neither MCAP nor SQLite (its first bytes are "
+        if start.startswith(ROS1_MAGIC[:len(start)]) or path.suffix == ".bag":
+            return "rosbag1", [path], {}
+        raise BagReadError(f"input {str(path)!r} is not a bag: neither MCAP, SQLite nor ROS 1 (its first bytes are "
                            f"{start[:8]!r}); damaged or another format")
     metadata_file = path / "metadata.yaml"
     if not metadata_file.exists():
