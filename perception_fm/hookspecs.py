@@ -29,6 +29,11 @@ plugins are found through the ``perception_fm`` entry-point group::
         return [ModelSpec(name="my-depth", task=Task.DEPTH, summary="...", license="MIT",
                           create=lambda options: MyDepthModel(options))]
 
+A plugin should also implement ``estimate_memory`` (optional; firstresult): the parameter and peak activation
+bytes of one of its models at the configured precision and workload, computed from the architecture without
+weights. ``perception-fm plugins --memory`` prints it, ``perception-fm up`` adds it up against the device's
+memory before starting, and nodes put it on /diagnostics; a model without an estimate is listed as unknown.
+
 Registration must be cheap: import heavy dependencies (torch, model packages) inside ``create``, and report
 a missing one through ``ModelSpec.requires`` so that ``perception-fm plugins`` can say what is missing.
 """
@@ -107,3 +112,40 @@ class ModelSpec:
 @hookspec
 def register_models() -> list[ModelSpec]:
     """Return the models this plugin provides."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one model needs in memory on its device, computed from its architecture (not measured, nothing
+    loaded): ``perception-fm plugins --memory``, the budget ``perception-fm up`` checks, /diagnostics.
+
+    parameters: number of parameter elements; parameter_bytes: their bytes in the dtype the weights load in
+        (``dtype``, from the ``precision`` option and the device). buffer_bytes: the module's buffers.
+    activation_bytes: peak of the tensors one forward pass allocates at the configured workload (``workload``
+        says which: resolution, views, objects); None when the plugin cannot estimate it (``note`` says why).
+    """
+
+    parameters: int
+    parameter_bytes: int
+    dtype: str
+    buffer_bytes: int = 0
+    activation_bytes: int | None = None
+    workload: str = ""
+    note: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        return self.parameter_bytes + self.buffer_bytes + (self.activation_bytes or 0)
+
+
+@hookspec(firstresult=True)
+def estimate_memory(task: Task, name: str, options: ModelOptions, workload: Mapping[str, int]) -> MemoryEstimate | None:
+    """The memory model `name` of `task` needs with `options` (device, precision and the model's extra options
+    such as process_res or image_size), or None if this plugin does not provide that model. `workload`: how much
+    one call processes, from the node's parameters: ``views`` (images per depth call), ``objects`` (tracked
+    objects), ``concepts`` (text prompts at once); a model uses the keys that apply to it.
+
+    Compute it from the architecture without loading weights or touching the device (it runs before any node
+    starts); perception_fm.runtime.budget has helpers: build_on_meta (a module with no storage) and
+    forward_peak_bytes (the peak of a forward pass on meta tensors).
+    """

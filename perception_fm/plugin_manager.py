@@ -191,6 +191,16 @@ class PluginManager:
             )
         return entry.spec.create(options or ModelOptions())
 
+    def estimate_memory(self, task: Task | str, name: str, options: ModelOptions | None = None,
+                        workload: dict[str, int] | None = None):
+        """The MemoryEstimate of model `name` at `options` and `workload` from its plugin's estimate_memory
+        hook (hookspecs), or None when its plugin gives none. Unknown names raise PluginNotFoundError."""
+        task = Task(task)
+        if (task, name) not in self._entries:
+            raise PluginNotFoundError(task.value, name, [e.spec.name for e in self.models(task)])
+        return self._pm.hook.estimate_memory(task=task, name=name, options=options or ModelOptions(),
+                                             workload=dict(workload or {}))
+
 
 @functools.lru_cache(maxsize=1)
 def default_manager() -> PluginManager:
