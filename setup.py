@@ -44,6 +44,9 @@ MESH = ["trimesh>=4", "fast-simplification>=0.1"]
 # Evaluation: the report's plots; the reference tools the tests compare our metrics with (trackeval is
 # installed with --no-deps by scripts/setup.sh: its requirements pull opencv-python over the headless one).
 EVAL = ["matplotlib>=3.7", "evo>=1.28"]
+# Many bags at once (perception-fm batch): Ray with Ray Client (grpcio), for ray://HOST addresses; local
+# clusters need only ray itself. Not ray[default]: its dashboard and metrics stack (~40 packages) go unused.
+BATCH = ["ray[client]>=2.40"]
 DEV = ["pytest>=7", "pytest-timeout>=2", "pycocotools>=2.0.7", "tabulate>=0.9"]
 
 setup(
@@ -59,6 +62,7 @@ setup(
         "da3": DA3,
         "sam3": SAM3,
         "eval": EVAL,
+        "batch": BATCH,
         "speech": SPEECH,
         "mesh": MESH,
         "ros-wheels": ROS_WHEELS + ROS_BUILD_WHEELS,

@@ -4,6 +4,7 @@
   perception-fm up CONFIG                    start a graph config's nodes (launch-free; robots: ros2 launch)
   perception-fm replay IN_BAG --config CONFIG --out OUT_BAG   offline, deterministic replay
   perception-fm eval OUT_BAG [--gt GT]       metrics against ground truth, HTML report
+  perception-fm batch CONFIG --bags DIR --out RESULTS   replay + eval many bags (Ray), one summary
   perception-fm sample OUT_BAG               write the synthetic sample bag
   perception-fm bench SUITE                  benchmarks (codec, da3, sam3, sam3d, body, node, suite)
 """
@@ -212,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("eval", help="evaluate an output bag against ground truth (metrics + HTML report); "
                                 "`perception-fm eval --help` for its options")
+    sub.add_parser("batch", help="replay and evaluate many bags (in parallel on Ray), one summary; "
+                                 "`perception-fm batch --help` for its options")
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not tests)")
     bench.add_argument("suite", choices=bench_suites())
@@ -228,6 +231,10 @@ def main(argv=None) -> int:
         from perception_fm.eval.cli import main as eval_main
 
         return eval_main(argv[1:])
+    if argv[:1] == ["batch"]:  # likewise perception_fm.batch.cli
+        from perception_fm.batch.cli import main as batch_main
+
+        return batch_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

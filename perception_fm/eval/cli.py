@@ -19,6 +19,12 @@ def build_parser(prog: str = "perception-fm eval") -> argparse.ArgumentParser:
     parser.add_argument("--gt", metavar="GT", help="bag with the ground-truth topics (default: OUT_BAG itself)")
     parser.add_argument("--report", metavar="PATH", help="write a self-contained HTML report here")
     parser.add_argument("--json", metavar="PATH", help="write the numbers as JSON here")
+    add_eval_arguments(parser)
+    return parser
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation settings (shared by `perception-fm eval` and `perception-fm batch`)."""
     tuning = parser.add_argument_group("evaluation settings")
     tuning.add_argument("--max-depth", type=float, help="ignore ground truth beyond this depth (m)")
     tuning.add_argument("--min-depth", type=float, default=0.0, help="ignore ground truth at or below this depth")
@@ -44,15 +50,11 @@ def build_parser(prog: str = "perception-fm eval") -> argparse.ArgumentParser:
                         help="override a topic, e.g. --topic depth=/cam/depth/image (names: depth, depth_info, "
                              "tf, camera_path, instances, rgb, rgb_compressed, gt_depth, gt_pose, gt_instances, "
                              "gt_labels)")
-    return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from perception_fm.eval.report import write_json, write_report
-    from perception_fm.eval.config import EvalConfig, EvalError, EvalTopics
-    from perception_fm.eval.runner import evaluate
+def eval_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """An EvalConfig from the options add_eval_arguments added (parser.error on a bad value)."""
+    from perception_fm.eval.config import EvalConfig, EvalTopics
 
     topics = EvalTopics()
     for item in args.topic:
@@ -65,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--samples must be >= 0")
     if args.rpe_delta < 1:
         parser.error("--rpe-delta must be >= 1")
-    config = EvalConfig(
+    return EvalConfig(
         topics=topics, estimated_frame=args.estimated_frame, world_frame=args.world_frame,
         max_time_diff_s=args.max_time_diff, rpe_delta=args.rpe_delta, rpe_all_pairs=args.rpe_all_pairs,
         min_depth=args.min_depth, max_depth=args.max_depth,
@@ -74,6 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         max_pending=max(1, args.max_pending),
         trajectory_metric={"auto": None, "metric": True, "relative": False}[args.trajectory],
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from perception_fm.eval.report import write_json, write_report
+    from perception_fm.eval.config import EvalError
+    from perception_fm.eval.runner import evaluate
+
+    config = eval_config_from_args(args, parser)
     try:
         result = evaluate(args.out_bag, args.gt, config)
     except EvalError as error:
