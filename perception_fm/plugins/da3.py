@@ -272,6 +272,90 @@ def from_upstream_pixel_convention(K):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Precision and memory
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def amp_dtype(precision: str, device: str):
+    """The autocast dtype on `device`: none on the CPU (CPU autocast does not cover DA3's transposed
+    convolutions) or for fp32; else bf16, or fp16 where asked or where the GPU lacks bf16. "auto" is upstream's
+    choice: fp32 weights, bf16 autocast on CUDA."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+    if precision == "fp32" or not device.startswith("cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    # asked without a GPU here (a memory estimate for a robot's GPU): assume bf16, as every GPU since Ampere has
+    bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+    return torch.bfloat16 if bf16 else torch.float16
+
+
+def cast_backbones(net, precision: str, amp) -> None:
+    """bf16/fp16 asked explicitly (and autocast on): the ViT backbones' weights are stored in that dtype, which
+    halves most of the model's memory. The heads stay fp32: upstream runs them with autocast off, in fp32."""
+    if precision in ("bf16", "fp16") and amp is not None:
+        for name, module in net.named_modules():
+            if name.rsplit(".", 1)[-1] == "backbone":
+                module.to(amp)
+
+
+# A 4:3 camera image (640x480) is what memory estimates assume; the node's process_res sets the processed size.
+ESTIMATE_IMAGE = (480, 640)
+
+
+@hookimpl
+def estimate_memory(task, name, options, workload):
+    variant = next((v for v in VARIANTS if v.name == name), None) if Task(task) is Task.DEPTH else None
+    if variant is None:
+        return None
+    import torch
+
+    from perception_fm.hookspecs import MemoryEstimate
+    from perception_fm.runtime.budget import build_on_meta, forward_peak_bytes, module_bytes
+
+    extra = dict(options.extra)
+    precision = str(extra.get("precision", "auto"))
+    device = options.device if options.device != "auto" else "cpu"
+    amp = amp_dtype(precision, device)
+    with build_on_meta():
+        net = build_network(name)
+    cast_backbones(net, precision, amp)
+    parameters, parameter_bytes, buffer_bytes = module_bytes(net)
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in net.parameters()})
+    views = max(1, int(workload.get("views", 1))) if variant.capabilities.multi_view else 1
+    height, width = processed_size(*ESTIMATE_IMAGE, int(extra.get("process_res", 504)))
+    if amp is not None:  # autocast, as forward_peak_bytes needs it: the backbones in amp, the heads in fp32
+        from torch.utils._pytree import tree_map
+
+        def cast(dtype):
+            return lambda module, args, *out: tree_map(
+                lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t,
+                out[0] if out else args)
+
+        for module_name, module in net.named_modules():
+            if module_name.rsplit(".", 1)[-1] == "backbone":
+                module.to(amp)
+                module.register_forward_pre_hook(cast(amp))
+                module.register_forward_hook(cast(torch.float32))
+    x = torch.zeros(1, views, 3, height, width, device="meta")
+    if variant.kind == "nested":
+        def forward():
+            return net.da3(x), net.da3_metric(x)
+    else:
+        def forward():
+            return net(x)
+    return MemoryEstimate(
+        parameters=parameters, parameter_bytes=parameter_bytes, buffer_bytes=buffer_bytes,
+        dtype="+".join(dtypes), activation_bytes=forward_peak_bytes(forward),
+        workload=f"{width}x{height} px, {views} view{'s' if views > 1 else ''}"
+                 + (f", {str(amp).replace('torch.', '')} autocast" if amp is not None else ""))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # The model
 
 
@@ -300,6 +384,7 @@ class Da3DepthModel:
         self.ref_view_strategy = ref_view_strategy
         self.net = net.to(device).eval()
         self._amp_dtype = self._choose_precision(precision)
+        cast_backbones(self.net, precision, self._amp_dtype)
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
 
@@ -332,15 +417,7 @@ class Da3DepthModel:
         )
 
     def _choose_precision(self, precision: str):
-        import torch
-
-        if precision == "fp32" or not self.device.startswith("cuda"):
-            return None
-        if precision == "fp16":
-            return torch.float16
-        if precision in ("bf16", "auto"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, got {precision!r}")
+        return amp_dtype(precision, self.device)
 
     # -- preprocessing ----------------------------------------------------------------------------------
 

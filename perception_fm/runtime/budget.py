@@ -82,12 +82,14 @@ def module_bytes(module, dtype=None) -> tuple[int, int, int]:
             sum(b.numel() * b.element_size() for b in module.buffers()))
 
 
-def forward_peak_bytes(forward: Callable[[], Any], amp_dtype=None) -> int:
+def forward_peak_bytes(forward: Callable[[], Any]) -> int:
     """Peak bytes held at once by the tensors `forward()` allocates (its inputs and the module's weights not
-    counted), run on meta tensors under torch.inference_mode (and CPU autocast to `amp_dtype`, the
-    lower-precision matmuls and convolutions of mixed precision). A value read back from a meta tensor
-    (`.item()`, `int(t.max())`) reads as 1 (False for a bool): such values steer small index tables, not the
-    size of activations; a model whose activation shapes depend on its data must not use this."""
+    counted), run on meta tensors under torch.inference_mode. Autocast does not act on meta tensors: for mixed
+    precision, run the meta module and its inputs in the autocast dtype (the activations of matmuls and
+    convolutions are then in that dtype, as under autocast; normalisations that autocast keeps in fp32 are
+    counted at the lower precision). A value read back from a meta tensor (`.item()`, `int(t.max())`) reads as 1
+    (False for a bool) and nonzero() selects every element: such values steer small index tables or masks, not
+    the size of the large activations; a model whose large activations depend on its data must not use this."""
     import torch
 
     tracker = _PeakTracker()
@@ -98,13 +100,18 @@ def forward_peak_bytes(forward: Callable[[], Any], amp_dtype=None) -> int:
             super().__init__("cpu" if device_type == "meta" else device_type, *args, **kwargs)
 
     torch.autocast = _MetaAutocast
+    # nonzero() and masked selects on meta tensors: as if every element were selected (an upper bound)
+    from torch.fx.experimental import _config as fx_config
+
+    nonzero_all = fx_config.meta_nonzero_assume_all_nonzero
+    fx_config.meta_nonzero_assume_all_nonzero = True
     try:
-        amp = torch.autocast("cpu", dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-        with torch.inference_mode(), amp, tracker:
+        with torch.inference_mode(), tracker:
             result = forward()
         del result
     finally:
         torch.autocast = autocast
+        fx_config.meta_nonzero_assume_all_nonzero = nonzero_all
     return tracker.peak
 
 
@@ -127,7 +134,7 @@ class _PeakTracker:
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 import torch
 
-                if func.__name__.split(".")[0] in ("_local_scalar_dense", "item") and args[0].device.type == "meta":
+                if func.__name__.split(".")[0] in ("_local_scalar_dense", "item", "is_nonzero") and args[0].device.type == "meta":
                     return False if args[0].dtype == torch.bool else 1
                 out = func(*args, **(kwargs or {}))
                 inputs = {id(t.untyped_storage()) for t in tree_flatten((args, kwargs))[0]
