@@ -27,6 +27,8 @@ def cmd_plugins(args) -> int:
 
     from perception_fm.plugin_manager import cached_hub_repos, cuda_available, default_manager, weights_state
 
+    if args.memory:
+        return _print_memory(args)
     entries = default_manager().models(args.task)
     cached = cached_hub_repos()
     cuda = cuda_available() if any(e.spec.needs_cuda for e in entries) else None
@@ -59,11 +61,74 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def _print_memory(args) -> int:
+    """plugins --memory: each model's parameters and peak activations from its architecture (estimate_memory
+    hook), at a graph config's node parameters (--config) or at each node type's defaults."""
+    from perception_fm.graph import NODE_TYPES, Graph, NodeConfig, load_graph
+    from perception_fm.plugin_manager import default_manager
+    from perception_fm.runtime.budget import format_bytes, node_estimate
+    from perception_fm.runtime.container import node_class
+
+    if args.config:
+        configs = load_graph(args.config).nodes
+    else:
+        executables = {str(node_class(node_type.module).task): name for name, node_type in NODE_TYPES.items()}
+        configs = [NodeConfig(name=entry.spec.name.replace("-", "_").replace(".", "_"),
+                              executable=executables[str(entry.spec.task)], parameters={"model": entry.spec.name})
+                   for entry in default_manager().models(args.task) if str(entry.spec.task) in executables]
+    rows = []
+    for config in configs:
+        entry = node_estimate(config)
+        e = entry.estimate
+        if e is None:
+            rows.append((config.name if args.config else entry.model, entry.model, entry.device, "unknown", "", "",
+                         "unknown", entry.error))
+            continue
+        rows.append((config.name if args.config else entry.model, entry.model, entry.device, f"{e.parameters:,}",
+                     format_bytes(e.parameter_bytes + e.buffer_bytes), e.dtype, format_bytes(e.activation_bytes),
+                     e.workload or e.note))
+    header = ("NODE" if args.config else "MODEL", "MODEL", "DEVICE", "PARAMETERS", "WEIGHTS", "DTYPE",
+              "ACTIVATIONS", "AT")
+    if not args.config:
+        header, rows = header[1:], [row[1:] for row in rows]
+    widths = [max(len(str(row[i])) for row in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print("(computed from each architecture, no weights loaded; activations: peak of one forward pass)")
+    return 0
+
+
+def check_budget(graph, allow_over: bool) -> bool:
+    """Print the graph's memory against its devices' (runtime.budget); False (after one line on stderr) when
+    a device cannot hold it and `allow_over` is not set."""
+    from perception_fm.runtime.budget import graph_budget
+
+    budget = graph_budget(graph)
+    print("memory budget (estimated from the architectures):")
+    for line in budget.lines():
+        print(line)
+    if budget.over and not allow_over:
+        print(f"perception-fm up: error: the graph does not fit in the memory of {', '.join(budget.over)} (see "
+              "above); lower process_res/image_size/window_size or precision, or --allow-over-budget",
+              file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_up(args) -> int:
-    """Start every node of the graph config as its own process (one model per process) and wait."""
+    """Start every node of the graph config as its own process (one model per process), or all of them in one
+    process (--one-process: perception_fm.runtime.container), after the memory budget check, and wait."""
     from perception_fm.graph import load_graph
 
     graph = load_graph(args.config)
+    if not args.no_budget and not check_budget(graph, args.allow_over_budget):
+        return 2
+    if args.one_process:
+        command = [sys.executable, "-m", "perception_fm.runtime.container", os.path.abspath(args.config)]
+        if args.dry_run:
+            print(" ".join(command))
+            return 0
+        return _run_nodes([command], ["perception_fm_container"])
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="perception_fm_params_", delete=False) as params:
         params.write(graph.ros_params_yaml())
     commands = [[sys.executable, "-m", node.module, *node.ros_arguments(params.name)] for node in graph.nodes]
@@ -183,11 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     plugins = sub.add_parser("plugins", help="list installed models")
     plugins.add_argument("--task", help="only this task (depth, segmentation, ...)")
     plugins.add_argument("--json", action="store_true")
+    plugins.add_argument("--memory", action="store_true",
+                         help="parameters and peak activations of each model, from its architecture")
+    plugins.add_argument("--config", help="with --memory: the models of this graph config at its parameters")
     plugins.set_defaults(func=cmd_plugins)
 
     up = sub.add_parser("up", help="start the nodes of a graph config")
     up.add_argument("config")
     up.add_argument("--dry-run", action="store_true", help="print the commands and parameters only")
+    up.add_argument("--one-process", action="store_true",
+                    help="every node in one process (one CUDA context; perception_fm_container)")
+    up.add_argument("--allow-over-budget", "--force", action="store_true",
+                    help="start even if the estimated memory exceeds the device's")
+    up.add_argument("--no-budget", action="store_true", help="skip the memory estimate (starts faster)")
     up.set_defaults(func=cmd_up)
 
     replay = sub.add_parser("replay", help="replay a bag through a graph config offline")
