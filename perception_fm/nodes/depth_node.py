@@ -29,6 +29,7 @@ from perception_fm.msg import DepthInfo
 from perception_fm.nodes.node_base import ModelNode, run_node
 from perception_fm.ros import depth_io
 from perception_fm.ros.depth_io import DEPTH_PARAMS, DepthFrameHandler, DepthMessages
+from perception_fm.ros.depth_rig_io import RIG_PARAMS, LiveRig
 from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.ros.qos import qos_profile
 from perception_fm.ros.tf import TfPublisher
@@ -37,7 +38,7 @@ from perception_fm.ros.tf import TfPublisher
 class DepthNode(ModelNode):
     task = Task.DEPTH
     default_model = NODE_TYPES["depth_node"].default_model
-    params = DEPTH_PARAMS
+    params = DEPTH_PARAMS + RIG_PARAMS
     model_extra_params = depth_io.MODEL_EXTRA_PARAMS
 
     def __init__(self, **kwargs):
@@ -48,9 +49,11 @@ class DepthNode(ModelNode):
         # only store, the pairing timer releases images whose wait is over
         self._pairing = LivePairing(self, depth_io.depth_pairer(self.values, live_clock, on_event=self.stats.event,
                                                                 on_drop=self._pairing_drop), self.submit)
-        if self.values["image_transport"] == "compressed":
+        # several cameras (`cameras`): their subscriptions, grouping and outputs are the rig's (depth_rig_io)
+        self._rig = LiveRig(self, input_qos, output_qos) if self.values["cameras"] else None
+        if self._rig is None and self.values["image_transport"] == "compressed":
             self.create_subscription(CompressedImage, "image/compressed", self._pairing.frame, input_qos)
-        else:
+        elif self._rig is None:
             self.create_subscription(Image, "image", self._pairing.frame, input_qos)
         self._pairing.subscribe(depth_io.CAMERA_INFO, CameraInfo, "camera_info", input_qos)
         self._outputs = {
@@ -76,8 +79,12 @@ class DepthNode(ModelNode):
     def reconfigure_with(self, model) -> None:
         self.handler = DepthFrameHandler(model, self.values, tf_lookup=self._lookup, on_event=self.stats.event)
         depth_io.update_waits(self._pairing.pairer, self.values)
+        if self._rig is not None:
+            self._rig.reconfigure(model, self._lookup)
 
     def process(self, paired) -> float:
+        if self._rig is not None:  # a group of the rig's frames
+            return self._rig.process(paired)
         output, messages = self.handler.handle(paired.frame, paired.inputs[depth_io.CAMERA_INFO])
         self._publish(messages)
         return output.inference_ms

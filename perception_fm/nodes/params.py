@@ -13,7 +13,7 @@ import math
 import sys
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType
 
@@ -22,6 +22,7 @@ _TYPES = {
     int: ParameterType.PARAMETER_INTEGER,
     float: ParameterType.PARAMETER_DOUBLE,
     str: ParameterType.PARAMETER_STRING,
+    tuple: ParameterType.PARAMETER_STRING_ARRAY,  # a list of strings (default: a tuple, immutable)
 }
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # a ROS integer parameter is an int64
 FLOAT_MAX = 1.7976931348623157e308
@@ -56,6 +57,7 @@ class Param:
     min: float | None = None
     max: float | None = None
     read_only: bool = False  # True: changing it needs a restart (e.g. topic names, QoS)
+    validate: Callable[[Any], None] | None = None  # further checks of a checked value; raises ValueError
 
     @property
     def type(self) -> type:
@@ -90,6 +92,12 @@ class Param:
             except OverflowError:
                 raise ValueError(f"parameter {name!r} must be a finite float; got an integer of "
                                  f"{len(str(abs(value)))} digits") from None
+        if self.type is tuple:  # a string array: ROS gives a list
+            if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+                raise ValueError(f"parameter {name!r} must be a list of strings, got {_show(value)}")
+            value = tuple(value)
+            if any("\0" in item for item in value):
+                raise ValueError(f"parameter {name!r} must not contain NUL characters; got {_show(value)}")
         if not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
             raise ValueError(f"parameter {name!r} must be {self.type.__name__}, got {_show(value)}")
         if self.type is float and not math.isfinite(value):
@@ -105,6 +113,8 @@ class Param:
             raise ValueError(f"parameter {name!r} must be >= {self.min}; got {_show(value)}")
         if self.max is not None and value > self.max:
             raise ValueError(f"parameter {name!r} must be <= {self.max}; got {_show(value)}")
+        if self.validate is not None:
+            self.validate(value)
         return value
 
 
@@ -253,7 +263,8 @@ def declare(node, params: Iterable[Param], reject_unknown: bool = True, cli_args
             except ValueError as error:
                 fail(str(error))
         try:
-            node.declare_parameter(param.name, value, param.descriptor(), ignore_override=True)
+            node.declare_parameter(param.name, list(value) if isinstance(value, tuple) else value,
+                                   param.descriptor(), ignore_override=True)
         except Exception as error:  # rclpy's ParameterException & co: a value check() let through
             fail(f"parameter {param.name!r}: {type(error).__name__}: {' '.join(str(error).split())}")
         values[param.name] = param.check(node.get_parameter(param.name).value)
@@ -275,7 +286,7 @@ def _image_params() -> tuple[Param, ...]:
 
 IMAGE_PARAMS = _image_params()
 
-# Parameters every model node has: which model, from where, on which device.
+# Parameters every model node has: which model, from where, on which device; whether it starts on its own.
 MODEL_PARAMS = (
     Param("model", "", "Model name (see `perception-fm plugins`); the node's default when empty."),
     Param("weights", "", "Hugging Face hub id or local directory with the weights; the model's default hub "
@@ -287,4 +298,8 @@ MODEL_PARAMS = (
                                    "benchmarks only. Outputs are labelled weights=random-init."),
     Param("precision", "auto", "auto (bf16/fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.",
           choices=("auto", "fp32", "fp16", "bf16")),
+    # lifecycle (perception_fm.nodes.node_base): here so that graph configs and `perception-fm up` accept it
+    Param("autostart", True, "Configure and activate on start (a managed node's own way up). false: the node "
+                             "waits unconfigured for `ros2 lifecycle set <node> configure` / activate, ~/enable, "
+                             "`perception-fm up` or a launch file.", read_only=True),
 )
