@@ -47,7 +47,11 @@ EVAL = ["matplotlib>=3.7", "evo>=1.28"]
 # Many bags at once (perception-fm batch): Ray with Ray Client (grpcio), for ray://HOST addresses; local
 # clusters need only ray itself. Not ray[default]: its dashboard and metrics stack (~40 packages) go unused.
 BATCH = ["ray[client]>=2.40"]
-DEV = ["pytest>=7", "pytest-timeout>=2", "pycocotools>=2.0.7", "tabulate>=0.9"]
+# DA3 exported to ONNX and run by ONNX Runtime (model da3-*-onnx): the dynamo exporter needs onnxscript. On a
+# GPU install onnxruntime-gpu instead of onnxruntime for the CUDA and TensorRT execution providers.
+ONNX = ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.3"]
+# scikit-image: its bundled photos (skimage.data) are the real images of the ONNX fidelity test.
+DEV = ["pytest>=7", "pytest-timeout>=2", "pycocotools>=2.0.7", "tabulate>=0.9", "scikit-image>=0.22"]
 
 setup(
     name="perception_fm",
@@ -66,6 +70,7 @@ setup(
         "speech": SPEECH,
         "mesh": MESH,
         "ros-wheels": ROS_WHEELS + ROS_BUILD_WHEELS,
+        "onnx": ONNX,
         "dev": DEV,
     },
     entry_points={

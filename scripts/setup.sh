@@ -42,7 +42,7 @@ step "installing torch ($torch_spec)"
 pip install -q $torch_spec
 
 step "installing perception_fm with the ROS 2 Kilted wheels"
-pip install -q -e "$root[da3,sam3,eval,batch,speech,mesh,ros-wheels,dev]"
+pip install -q -e "$root[da3,sam3,eval,batch,speech,mesh,onnx,ros-wheels,dev]"
 pip install -q --no-deps "trackeval==1.3.0"  # HOTA reference for the tests; its requirements replace opencv
 pip install -q --no-deps "open-clip-torch==3.3.0"  # only its CLIP BPE vocabulary (offline SAM 3 tokenizer in tests)
 
