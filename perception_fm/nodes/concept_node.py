@@ -83,7 +83,8 @@ class ConceptNode(ModelNode):
             self.create_subscription(CompressedImage, "image/compressed", self._pairing.frame, input_qos)
         else:
             self.create_subscription(Image, "image", self._pairing.frame, input_qos)
-        self.create_subscription(String, io.TOPIC_CONCEPTS, self._on_concepts, COMMANDS_QOS)
+        # commands are kept in every lifecycle state (applied once there is a model); clicks are frame input
+        self.create_subscription(String, io.TOPIC_CONCEPTS, self._on_concepts, COMMANDS_QOS, always=True)
         self.create_subscription(PointStamped, "prompt_point", self._on_prompt_point, COMMANDS_QOS)
         self._depth_metric = False
         if self.values["use_depth"]:
@@ -99,19 +100,28 @@ class ConceptNode(ModelNode):
         self.create_service(SetConcepts, "~/set_concepts", self._set_concepts)
         self.create_service(PromptObject, "~/prompt_object", self._prompt_object)
         self.handler: io.SegmentationFrameHandler | None = None
+        self._released_concepts: list[str] = []  # the concepts of a model released by cleanup, for the next one
         self.start()
 
     # -- model and concepts -------------------------------------------------------------------------------
 
     def reconfigure_with(self, model) -> None:
         with self._concepts_apply_lock:  # no concept change may land on the old handler while it is replaced
-            previous = [c.text for c in self.handler.concepts.snapshot().values()] if self.handler else []
+            previous = [c.text for c in self.handler.concepts.snapshot().values()] if self.handler else \
+                self._released_concepts
             handler = io.SegmentationFrameHandler(model, self.values)
             if previous:  # concepts given at runtime survive a model reload or parameter change
                 handler.concepts.add(previous)
             self.handler = handler
         io.update_depth_waits(self._pairing.pairer, self.values)
         self._apply_concept_messages()  # those that came while there was no model
+
+    def release_model(self) -> None:
+        """Cleanup: the tracker and its model go; the concepts given at runtime come back with the next model."""
+        with self._concepts_apply_lock:
+            if self.handler is not None:
+                self._released_concepts = [c.text for c in self.handler.concepts.snapshot().values()]
+            self.handler = None
 
     def _on_concepts(self, message: String) -> None:
         """Queue the message (cheap: the executor must keep up with bursts); the worker applies it in order."""

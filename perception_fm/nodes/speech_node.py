@@ -79,10 +79,12 @@ class SpeechNode(ModelNode):
         self._concepts = self.create_publisher(String, TOPIC_CONCEPTS, concepts_qos)
         self._transcripts = self.create_publisher(String, TOPIC_TRANSCRIPT, output_qos)
         self._microphone: MicrophoneSource | None = None
+        self._microphone_open = False
         if self.values["source"] == "microphone":
             self._microphone = MicrophoneSource(self.feed_audio, device=self.values["microphone_device"],
                                                 sample_rate=self.values["microphone_rate"])
             self._microphone.start()  # MicrophoneError: sounddevice/PortAudio missing, no device, ...
+            self._microphone_open = True  # its audio is ignored until the node is active (feed_audio)
             self.get_logger().info(f"listening to microphone {self.values['microphone_device'] or '(default)'} "
                                    f"at {self._microphone.sample_rate} Hz")
         else:
@@ -102,7 +104,10 @@ class SpeechNode(ModelNode):
         self.feed_audio(samples, rate)
 
     def feed_audio(self, samples: np.ndarray, sample_rate: int) -> None:
-        """Mono float32 samples into the voice-activity detector; finished utterances go to the worker."""
+        """Mono float32 samples into the voice-activity detector; finished utterances go to the worker. Not
+        listening unless active (the microphone's blocks before the first activation are ignored)."""
+        if not self._publish_gate.active:
+            return
         self.stats.event("audio_chunks")
         with self._vad_lock:
             before = (self._vad.stats.too_short, self._vad.stats.cut)
@@ -146,6 +151,20 @@ class SpeechNode(ModelNode):
             self.stats.event(heard.outcome)
         self.get_logger().info(heard.describe(utterance.duration_s))
         return heard.inference_ms
+
+    def inputs_opened(self) -> None:
+        """Activate: the microphone (opened at start, to fail early) opens again after a deactivate."""
+        if self._microphone is not None and not self._microphone_open:
+            self._microphone.start()  # MicrophoneError: activate fails, the node stays inactive
+            self._microphone_open = True
+
+    def inputs_closed(self) -> None:
+        """Deactivate: the device is released, and an utterance cut short is not finished later."""
+        if self._microphone is not None and self._microphone_open:
+            self._microphone.stop()
+            self._microphone_open = False
+        with self._vad_lock:
+            self._vad = EnergyVad(self._vad_config, self._vad.sample_rate)
 
     def destroy_node(self) -> None:
         if self._microphone is not None:
