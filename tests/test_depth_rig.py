@@ -170,3 +170,113 @@ def test_depth_scale_follows_the_rigs_baseline(da3):
     for a, b in zip(single.cameras, double.cameras):
         np.testing.assert_allclose(b.depth, 2 * a.depth, rtol=1e-6)
         np.testing.assert_allclose(b.points, 2 * a.points, rtol=1e-5, atol=1e-6)
+
+
+# -- the `cameras` parameter ----------------------------------------------------------------------------------
+
+def test_cameras_entries_are_namespaces_or_topic_pairs_and_clearly_checked():
+    from perception_fm.nodes.params import resolve
+    from perception_fm.ros.depth_rig_io import RIG_PARAMS, parse_cameras
+
+    left, right = parse_cameras(["cam0", "/rig/right/color/image_raw, /rig/right/color/camera_info"])
+    assert (left.name, left.image_topic, left.camera_info_topic, left.output("points")) == (
+        "cam0", "cam0/image", "cam0/camera_info", "cam0/points")
+    assert (right.name, right.image_topic, right.output("depth/image")) == (
+        "rig/right/color", "/rig/right/color/image_raw", "/rig/right/color/depth/image")
+    assert resolve(RIG_PARAMS, {})["cameras"] == ()  # the default: the single camera on image/camera_info
+    assert resolve(RIG_PARAMS, {"cameras": ["a", "b"]})["cameras"] == ("a", "b")
+    for bad, message in ((["a", "a"], "share"), (["image,camera_info", "b"], "namespace"), ([""], "empty"),
+                         (["a,b,c"], "namespace or"), ("cam0", "list of strings"), ([1], "list of strings")):
+        with pytest.raises(ValueError, match=message):
+            resolve(RIG_PARAMS, {"cameras": bad})
+
+
+# -- over DDS: a 2-camera synthetic rig through depth_node ----------------------------------------------------
+
+@pytest.mark.ros
+def test_two_camera_rig_through_depth_node_over_dds():
+    import threading
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+    from tf2_msgs.msg import TFMessage
+
+    from perception_fm.nodes.depth_node import DepthNode
+    from perception_fm.ros.camera_info import make_camera_info
+    from perception_fm.ros.cloud_codec import pointcloud2_to_xyzrgb
+    from perception_fm.ros.image_codec import image_to_numpy, numpy_to_image
+    from perception_fm.ros.tf import make_transform, ns_to_time
+    from rig_truth_model import use_in_default_manager
+    from ros_probe import LATCHED, Probe
+
+    use_in_default_manager()
+    probe = Probe("rig_probe")
+    for camera in range(2):
+        probe.record(Image, f"/cam{camera}/depth/image")
+    probe.record(PointCloud2, "/points_fused")
+    context = Context()
+    rclpy.init(context=context)
+    node = DepthNode(context=context, parameter_overrides=[
+        Parameter("model", value="rig-truth"), Parameter("cameras", value=["/cam0", "/cam1"]),
+        Parameter("rig_frame", value="camera_link"), Parameter("input_qos", value="reliable"),
+        Parameter("camera_info_wait", value=60.0), Parameter("rig_wait", value=60.0),
+        Parameter("known_pose_timeout", value=5.0)])
+    executor = MultiThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        probe.publisher(TFMessage, "/tf_static", LATCHED).publish(TFMessage(transforms=[
+            make_transform(extrinsics(RIG, camera), "camera_link", syn.rig_camera_frame(RIG, camera),
+                           ns_to_time(FRAMES[0, 0].stamp_ns)) for camera in range(2)]))
+        infos = [probe.publisher(CameraInfo, f"/cam{camera}/camera_info") for camera in range(2)]
+        images = [probe.publisher(Image, f"/cam{camera}/image") for camera in range(2)]
+        probe.wait_until(lambda: all(p.get_subscription_count() > 0 for p in infos + images), 60,
+                         "the node's rig subscriptions (active)")
+
+        def send(index, camera):
+            frame = FRAMES[index, camera]
+            info = make_camera_info(frame.K, RIG.width, RIG.height)
+            info.header.stamp = ns_to_time(frame.stamp_ns)
+            info.header.frame_id = syn.rig_camera_frame(RIG, camera)
+            infos[camera].publish(info)
+            images[camera].publish(numpy_to_image(frame.rgb, "rgb8", info.header))
+
+        def at(index):
+            return lambda message: message.header.stamp == ns_to_time(FRAMES[index, 0].stamp_ns)
+
+        send(0, 1)  # any arrival order within a group
+        send(0, 0)
+        for camera in range(2):
+            depth = probe.wait_for(f"/cam{camera}/depth/image", at(0))
+            assert depth.header.frame_id == syn.rig_camera_frame(RIG, camera)  # each camera's own frame
+            np.testing.assert_array_equal(image_to_numpy(depth), FRAMES[0, camera].depth)
+        fused = probe.wait_for("/points_fused", at(0))
+        points, colors = pointcloud2_to_xyzrgb(fused)
+        assert fused.header.frame_id == "camera_link" and len(points) == 2 * RIG.width * RIG.height
+        truth0, _ = unproject_depth(FRAMES[0, 0].depth, FRAMES[0, 0].K)
+        np.testing.assert_allclose(points[:len(truth0)], transform_points(extrinsics(RIG, 0), truth0), atol=1e-5)
+        truth1, _ = unproject_depth(FRAMES[0, 1].depth, FRAMES[0, 1].K)
+        np.testing.assert_allclose(points[len(truth0):], transform_points(extrinsics(RIG, 1), truth1), atol=1e-5)
+
+        # camera 1 stops: the group goes on without it after rig_wait, counted
+        node.set_parameters([Parameter("rig_wait", value=0.2)])
+        # applied by the worker's reconfiguration: a call queued behind it sees the new wait
+        probe.wait_until(lambda: node.run_in_worker(lambda: node._rig.grouper.wait_s, timeout=60) == 0.2, 60,
+                         "rig_wait applied")
+        send(1, 0)
+        probe.wait_for("/cam0/depth/image", at(1))
+        fused = probe.wait_for("/points_fused", at(1))
+        assert len(pointcloud2_to_xyzrgb(fused)[0]) == RIG.width * RIG.height
+        assert node.stats.snapshot()["count_camera_missing_cam1"] == 1  # on /diagnostics as count_<event>
+        assert not any(m.header.stamp == ns_to_time(FRAMES[1, 0].stamp_ns)
+                       for m in probe.received("/cam1/depth/image"))
+    finally:
+        executor.shutdown(timeout_sec=0)
+        node.destroy_node()
+        rclpy.shutdown(context=context)
+        spinner.join(timeout=60)
+        probe.close()

@@ -87,6 +87,10 @@ class CameraGrouper:
             self._wait_ns = int(round(wait_s * 1e9))
 
     @property
+    def wait_s(self) -> float:
+        return self._wait_ns / 1e9
+
+    @property
     def pending(self) -> int:
         return len(self._open)
 

@@ -99,7 +99,7 @@ RIG_PARAMS = (
           min=0.0, max=1.0),
     Param("rig_wait", 0.1, "Seconds a group waits for its missing cameras; then it goes on without them "
                            "(counted camera_missing_<camera>), and a camera that missed a group is not waited for "
-                           "until its next frame.", min=0.0, max=10.0),
+                           "until its next frame.", min=0.0, max=60.0),
     Param("fused_voxel_size", 0.0, "Voxel size (m) of the fused cloud's down-sampling (one mean point per voxel; "
                                    "0 = every point).", min=0.0),
 )
