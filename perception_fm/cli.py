@@ -6,6 +6,7 @@
   perception-fm eval OUT_BAG [--gt GT]       metrics against ground truth, HTML report
   perception-fm batch CONFIG --bags DIR --out RESULTS   replay + eval many bags (Ray), one summary
   perception-fm sample OUT_BAG               write the synthetic sample bag
+  perception-fm import FORMAT SRC OUT_BAG    a dataset (tum, frames, images, video) into a bag with ground truth
   perception-fm bench SUITE                  benchmarks (codec, da3, sam3, sam3d, body, node, suite)
 """
 from __future__ import annotations
@@ -288,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 "`perception-fm eval --help` for its options")
     sub.add_parser("batch", help="replay and evaluate many bags (in parallel on Ray), one summary; "
                                  "`perception-fm batch --help` for its options")
+
+    from perception_fm.datasets.cli import add_import_parser
+
+    add_import_parser(sub)  # perception-fm import FORMAT SRC OUT_BAG
 
     bench = sub.add_parser("bench", help="benchmarks (figures, not tests)")
     bench.add_argument("suite", choices=bench_suites())

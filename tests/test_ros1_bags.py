@@ -13,7 +13,6 @@ from perception_fm.graph import load_graph
 from perception_fm.replay.bag_io import BagReader, BagReadError
 from perception_fm.replay.runner import replay
 from perception_fm.replay.synthetic import SampleConfig, write_sample_bag
-from perception_fm.ros.image_codec import image_to_numpy
 
 SAMPLE = SampleConfig(width=64, height=48, frames=5)
 
