@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -39,32 +40,49 @@ def format_bytes(count: int | None) -> str:
 
 # -- helpers for plugins ----------------------------------------------------------------------------------
 
+_META = threading.local()  # build_on_meta is active in this thread
+_PATCH_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def build_on_meta():
-    """Modules built inside have every parameter and buffer on the meta device (shapes and dtypes, no
-    storage): an architecture of billions of parameters costs nothing to build. Unlike `with
+    """Modules built inside, in this thread, have every parameter and buffer on the meta device (shapes and
+    dtypes, no storage): an architecture of billions of parameters costs nothing to build. Unlike `with
     torch.device("meta")`, code that computes plain values while building (e.g. drop-path rates through
-    torch.linspace(...).item()) still runs on the CPU: only what a module registers goes to meta."""
-    import torch
-
-    register_parameter = torch.nn.Module.register_parameter
-    register_buffer = torch.nn.Module.register_buffer
-
-    def parameter_on_meta(module, name, param):
-        if param is not None and param.device.type != "meta":
-            param = torch.nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
-        register_parameter(module, name, param)
-
-    def buffer_on_meta(module, name, tensor, persistent=True):
-        register_buffer(module, name, tensor.to("meta") if tensor is not None else None, persistent)
-
-    torch.nn.Module.register_parameter = parameter_on_meta
-    torch.nn.Module.register_buffer = buffer_on_meta
+    torch.linspace(...).item()) still runs on the CPU: only what a module registers goes to meta. Other
+    threads (another node's worker loading its weights in the same process) are not affected."""
+    _install_meta_registration()
+    _META.depth = getattr(_META, "depth", 0) + 1
     try:
         yield
     finally:
-        torch.nn.Module.register_parameter = register_parameter
-        torch.nn.Module.register_buffer = register_buffer
+        _META.depth -= 1
+
+
+def _install_meta_registration() -> None:
+    """Wrap nn.Module.register_parameter/register_buffer once per process; the wrappers move what is
+    registered to meta only in a thread inside build_on_meta."""
+    import torch
+
+    with _PATCH_LOCK:
+        if getattr(torch.nn.Module.register_parameter, "_perception_fm_meta", False):
+            return
+        register_parameter = torch.nn.Module.register_parameter
+        register_buffer = torch.nn.Module.register_buffer
+
+        def parameter_on_meta(module, name, param):
+            if getattr(_META, "depth", 0) and param is not None and param.device.type != "meta":
+                param = torch.nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+            register_parameter(module, name, param)
+
+        def buffer_on_meta(module, name, tensor, persistent=True):
+            if getattr(_META, "depth", 0) and tensor is not None:
+                tensor = tensor.to("meta")
+            register_buffer(module, name, tensor, persistent)
+
+        parameter_on_meta._perception_fm_meta = True
+        torch.nn.Module.register_parameter = parameter_on_meta
+        torch.nn.Module.register_buffer = buffer_on_meta
 
 
 def module_bytes(module, dtype=None) -> tuple[int, int, int]:

@@ -38,3 +38,12 @@ def register_models():
             create=_create,
         )
     ]
+
+
+@hookimpl
+def estimate_memory(task, name, options, workload):
+    if Task(task) is not Task.SEGMENTATION or name != "sam3":
+        return None
+    from perception_fm.plugins.sam3.model import estimate_memory as estimate
+
+    return estimate(options, workload)

@@ -35,8 +35,9 @@ class Sam3Options:
         0.1); <= 0 turns NMS off.
     fill_hole_area: holes and sprinkles of at most this many mask pixels are filled / removed in every mask
         returned (checkpoint: 16); 0 turns it off.
-    precision: "auto" (bf16 autocast on GPUs that have it, else fp16; fp32 on CPU), "fp32", "bf16" (also on
-        CPU), "fp16" (GPU only; fp32 on CPU). Weights stay fp32; spatial memories are stored in bf16 always.
+    precision: "auto" (upstream's: fp32 weights, bf16 autocast on GPUs that have it, else fp16; fp32 on CPU),
+        "fp32", "bf16" (also on CPU), "fp16" (GPU only; fp32 on CPU). bf16/fp16 store the weights in that dtype
+        too (half the memory of fp32); spatial memories are stored in bf16 always.
     concept_batch: concepts per detector pass (peak memory grows with it).
     object_batch: objects per tracker pass (peak memory grows with it).
     """
@@ -84,6 +85,76 @@ class Sam3Options:
         return options
 
 
+def amp_dtype(precision: str, device: str):
+    """The autocast dtype for `precision` on `device` (None: fp32)."""
+    import torch
+
+    if precision == "fp32":
+        return None
+    if not device.startswith("cuda"):  # CPU: fp32 unless bf16 is asked for explicitly
+        return torch.bfloat16 if precision == "bf16" else None
+    if precision == "fp16":
+        return torch.float16
+    # asked without a GPU here (a memory estimate for a robot's GPU): assume bf16, as every GPU since Ampere has
+    bf16 = torch.cuda.is_bf16_supported() if torch.cuda.is_available() else True
+    return torch.bfloat16 if bf16 else torch.float16
+
+
+def estimate_memory(options: ModelOptions, workload: Mapping[str, int]):
+    """MemoryEstimate (hookspecs) of sam3 at `options` from its architecture: the checkpoint's config.json when
+    `options.weights` is a local directory, else facebook/sam3's layout (transformers' defaults). Activations:
+    the peak of one frame's vision encoding (detector and tracker features) followed by one detector pass over
+    min(concepts, concept_batch) concepts; the tracker's per-object decoding is not included (it works on the
+    small low-resolution features, in batches of object_batch)."""
+    import torch
+    from transformers import Sam3VideoConfig, Sam3VideoModel
+
+    from perception_fm.hookspecs import MemoryEstimate
+    from perception_fm.plugins.weights import is_local_path
+    from perception_fm.runtime.budget import build_on_meta, forward_peak_bytes, module_bytes
+
+    sam3_options = Sam3Options.from_extra(options.extra)
+    if options.weights and is_local_path(options.weights):
+        config = Sam3VideoConfig.from_pretrained(options.weights)
+    else:
+        config = Sam3VideoConfig()
+    if sam3_options.image_size:
+        loading.apply_image_size(config, sam3_options.image_size)
+    with build_on_meta():
+        network = Sam3VideoModel(config)
+    amp = amp_dtype(sam3_options.precision, options.device if options.device != "auto" else "cpu")
+    if sam3_options.precision in ("bf16", "fp16") and amp is not None:
+        network.to(amp)
+    parameters, parameter_bytes, buffer_bytes = module_bytes(network)
+    dtypes = sorted({str(p.dtype).replace("torch.", "") for p in network.parameters()})
+    network.to(amp or torch.float32)  # the forward at the autocast dtype (see forward_peak_bytes)
+    detector = network.detector_model
+    size = int(network.tracker_model.config.image_size)
+    batch = max(1, min(int(workload.get("concepts", 1)), sam3_options.concept_batch))
+    tokens = int(detector.config.text_config.max_position_embeddings)
+
+    def forward():
+        pixels = torch.zeros(1, 3, size, size, device="meta", dtype=amp or torch.float32)
+        vision = detector.get_vision_features(pixel_values=pixels)
+        tracker_features = network.get_vision_features_for_tracker(vision_embeds=vision)
+        ids = torch.zeros(batch, tokens, dtype=torch.long, device="meta")
+        mask = torch.ones(batch, tokens, dtype=torch.long, device="meta")
+        text = detector.get_text_features(input_ids=ids, attention_mask=mask, return_dict=True).pooler_output
+        expanded = type(vision)(
+            fpn_hidden_states=tuple(f.expand(batch, -1, -1, -1) for f in vision.fpn_hidden_states),
+            fpn_position_encoding=tuple(p.expand(batch, -1, -1, -1) for p in vision.fpn_position_encoding))
+        from perception_fm.plugins.sam3.session import _TextEmbeds
+
+        return tracker_features, detector(vision_embeds=expanded, text_embeds=_TextEmbeds(text), attention_mask=mask)
+
+    return MemoryEstimate(
+        parameters=parameters, parameter_bytes=parameter_bytes, buffer_bytes=buffer_bytes, dtype="+".join(dtypes),
+        activation_bytes=forward_peak_bytes(forward),
+        workload=f"{size}x{size} px, {batch} concept{'s' if batch > 1 else ''} per detector pass"
+                 + (f", {str(amp).replace('torch.', '')}" if amp is not None else ""),
+        note="tracker's per-object decoding not included")
+
+
 class Sam3SegmentationModel:
     """The SegmentationModel protocol (perception_fm.tasks.segmentation) over one Sam3VideoModel."""
 
@@ -116,6 +187,10 @@ class Sam3SegmentationModel:
         self.num_maskmem = int(tracker_config.num_maskmem)
         self.max_object_pointers = int(tracker_config.max_object_pointers_in_encoder)
         self.amp_dtype = self._choose_precision(options.precision)
+        if options.precision in ("bf16", "fp16") and self.amp_dtype is not None:
+            # asked explicitly: the weights are stored in the autocast dtype too (half the memory); "auto" is
+            # upstream's fp32 weights under autocast
+            self.network.to(self.amp_dtype)
         with torch.no_grad():
             self.image_positional_embeddings = self.tracker.get_image_wide_positional_embeddings()
         pad = tokenizer.pad_token_id
@@ -138,15 +213,7 @@ class Sam3SegmentationModel:
         return cls(network, tokenizer, weights=weights, device=device, options=sam3_options)
 
     def _choose_precision(self, precision: str):
-        import torch
-
-        if precision == "fp32":
-            return None
-        if not self.device.startswith("cuda"):  # CPU: fp32 unless bf16 is asked for explicitly
-            return torch.bfloat16 if precision == "bf16" else None
-        if precision == "fp16":
-            return torch.float16
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return amp_dtype(precision, self.device)
 
     @contextlib.contextmanager
     def inference(self):
