@@ -9,7 +9,8 @@ Publishes, each stamped with the input image's stamp and frame:
   points (PointCloud2 XYZRGB in the image's optical frame), camera_path (nav_msgs/Path in world_frame),
   TF world_frame -> estimated_frame (the estimated camera pose; REP 105: a frame of its own, so it never
   gives the camera's frame a second parent).
-Parameters: perception_fm.ros.depth_io.DEPTH_PARAMS (`ros2 param describe` shows each one's description).
+Parameters: perception_fm.ros.depth_rig_io.DEPTH_NODE_PARAMS: depth_io.DEPTH_PARAMS (one camera) and RIG_PARAMS
+(`cameras`: several cameras through one model; see depth_rig_io). `ros2 param describe` shows each description.
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from perception_fm.hookspecs import Task
 from perception_fm.msg import DepthInfo
 from perception_fm.nodes.node_base import ModelNode, run_node
 from perception_fm.ros import depth_io
-from perception_fm.ros.depth_io import DEPTH_PARAMS, DepthFrameHandler, DepthMessages
-from perception_fm.ros.depth_rig_io import RIG_PARAMS, LiveRig
+from perception_fm.ros.depth_io import DepthFrameHandler, DepthMessages
+from perception_fm.ros.depth_rig_io import DEPTH_NODE_PARAMS, LiveRig
 from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.ros.qos import qos_profile
 from perception_fm.ros.tf import TfPublisher
@@ -38,7 +39,7 @@ from perception_fm.ros.tf import TfPublisher
 class DepthNode(ModelNode):
     task = Task.DEPTH
     default_model = NODE_TYPES["depth_node"].default_model
-    params = DEPTH_PARAMS + RIG_PARAMS
+    params = DEPTH_NODE_PARAMS
     model_extra_params = depth_io.MODEL_EXTRA_PARAMS
 
     def __init__(self, **kwargs):

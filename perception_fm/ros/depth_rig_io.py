@@ -104,6 +104,9 @@ RIG_PARAMS = (
                                    "0 = every point).", min=0.0),
 )
 
+# the depth node's whole table (besides MODEL_PARAMS): one camera's parameters and the rig's
+DEPTH_NODE_PARAMS = depth_io.DEPTH_PARAMS + RIG_PARAMS
+
 
 class RigFrameHandler:
     """A group of rig frames (CameraGroup of stamp-paired image + camera_info) through the rig pipeline:
