@@ -152,6 +152,21 @@ def test_trajectory_metrics_from_the_bag(result):
     assert result.row("trajectory", "ATE RMSE", "Sim(3)").value < 1e-6
 
 
+
+def test_pose_auc_and_depth_fscore_from_the_bag(result):
+    """The DA3 paper's metrics (checked against their definition in tests/test_eval_pose_auc.py) end to end: the
+    estimate is a Sim(3) of the ground truth and the depth a scaled copy, so both are perfect; baselines are not."""
+    pairs = SAMPLE.frames * (SAMPLE.frames - 1) // 2
+    for t in (3, 30):
+        row = result.row("trajectory", f"pose AUC@{t}", "pairs")
+        assert row.primary and row.value == 1.0 and row.frames == SAMPLE.frames
+        assert row.beats_baselines and max(row.baselines.values()) < 1.0
+    assert result.details["trajectory"]["pose_auc"]["pairs"] == pairs
+    fscore = result.row("depth points", "F-score@5 cm", "scale/frame")
+    assert fscore.primary and fscore.value == 1.0 and fscore.frames == SAMPLE.frames
+    assert fscore.baselines["constant depth"] < 0.5
+    assert result.details["depth_fscore"]["threshold_m"] == 0.05
+
 def test_segmentation_and_tracking_from_the_bag(result, frames):
     seg = result.details["segmentation"]
     totals = seg["totals"]

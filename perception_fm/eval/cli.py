@@ -41,6 +41,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     tuning.add_argument("--rpe-all-pairs", action="store_true", help="RPE over every pair, not consecutive ones")
     tuning.add_argument("--trajectory", choices=("auto", "metric", "relative"), default="auto",
                         help="metric: SE(3) (and Sim(3)) alignment; relative: Sim(3) only; auto: from /depth/info")
+    tuning.add_argument("--fscore-threshold", type=float, default=0.05, metavar="M",
+                        help="depth F-score distance threshold in metres (default 0.05, DA3's indoor setting)")
     tuning.add_argument("--iou-threshold", type=float, default=0.5, help="IoU of a true positive (default 0.5)")
     tuning.add_argument("--samples", type=int, default=4, help="sample frames in the report (at most 4)")
     tuning.add_argument("--max-pending", type=int, default=16,
@@ -48,7 +50,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "(raise it when predictions were recorded long after their inputs)")
     tuning.add_argument("--topic", action="append", default=[], metavar="NAME=TOPIC",
                         help="override a topic, e.g. --topic depth=/cam/depth/image (names: depth, depth_info, "
-                             "tf, camera_path, instances, rgb, rgb_compressed, gt_depth, gt_pose, gt_instances, "
+                             "tf, camera_path, instances, rgb, rgb_compressed, camera_info, gt_depth, gt_pose, gt_instances, "
                              "gt_labels)")
 
 
@@ -67,13 +69,15 @@ def eval_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentPar
         parser.error("--samples must be >= 0")
     if args.rpe_delta < 1:
         parser.error("--rpe-delta must be >= 1")
+    if not args.fscore_threshold > 0:
+        parser.error("--fscore-threshold must be > 0")
     return EvalConfig(
         topics=topics, estimated_frame=args.estimated_frame, world_frame=args.world_frame,
         max_time_diff_s=args.max_time_diff, rpe_delta=args.rpe_delta, rpe_all_pairs=args.rpe_all_pairs,
         min_depth=args.min_depth, max_depth=args.max_depth,
         depth_modes=None if args.depth_alignment == "auto" else (args.depth_alignment,),
         shift_space=args.shift_space, iou_threshold=args.iou_threshold, samples=args.samples,
-        max_pending=max(1, args.max_pending),
+        max_pending=max(1, args.max_pending), fscore_threshold_m=args.fscore_threshold,
         trajectory_metric={"auto": None, "metric": True, "relative": False}[args.trajectory],
     )
 

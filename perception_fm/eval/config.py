@@ -22,6 +22,7 @@ class EvalTopics:
     instances: str = "/instances"
     rgb: str = "/camera/color/image_raw"
     rgb_compressed: str = "/camera/color/image_raw/compressed"
+    camera_info: str = "/camera/color/camera_info"  # intrinsics for the depth F-score's points (either bag)
     # ground truth
     gt_depth: str = "/gt/depth"
     gt_pose: str = "/gt/camera_pose"
@@ -46,3 +47,6 @@ class EvalConfig:
     sample_width: int = 480  # sample images wider than this are downsampled (nearest)
     max_pending: int = 16
     trajectory_metric: bool | None = None  # None: from DepthInfo.is_metric
+    fscore_threshold_m: float = 0.05  # depth F-score distance threshold (perception_fm.eval.depth_fscore)
+    fscore_max_points: int = 20_000  # per frame and cloud
+    pose_auc_thresholds: tuple[int, ...] = (3, 30)  # degrees (perception_fm.eval.pose_auc)

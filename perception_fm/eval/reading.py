@@ -13,6 +13,7 @@ import numpy as np
 
 from perception_fm.eval import baselines as baseline_eval
 from perception_fm.eval import depth as depth_eval
+from perception_fm.eval import depth_fscore
 from perception_fm.eval import segmentation as seg_eval
 from perception_fm.eval.config import MAX_SAMPLES, EvalConfig, EvalError
 from perception_fm.eval.result import EvalResult, Sample
@@ -47,6 +48,10 @@ class _Evaluation:
         self.segmentation = seg_eval.SegmentationEvaluator(config.iou_threshold)
         # the baselines go through evaluators of their own, configured like the model's (same modes, same
         # thresholds), and get the model's frames, stamps, sequence segments and asked-for concepts
+        self.fscore = depth_fscore.FscoreEvaluator(config.fscore_threshold_m, config.fscore_max_points)
+        self.fscore_baseline = depth_fscore.FscoreEvaluator(config.fscore_threshold_m, config.fscore_max_points)
+        self.camera_k: tuple[np.ndarray, tuple[int, int]] | None = None  # latest (K, (height, width))
+        self.frames_without_intrinsics = 0
         self.depth_baseline = depth_eval.DepthEvaluator(min_depth=config.min_depth, max_depth=config.max_depth,
                                                         shift_space=config.shift_space, modes=config.depth_modes)
         self.seg_baselines = {name: seg_eval.SegmentationEvaluator(config.iou_threshold)
@@ -80,6 +85,9 @@ class _Evaluation:
             "gt_depth": t.gt_depth in gt_topics, "gt_pose": t.gt_pose in gt_topics,
             "gt_instances": t.gt_instances in gt_topics, "gt_labels": t.gt_labels in gt_topics,
         }
+        # the F-score's intrinsics: from the ground-truth side when it has them, else from the output bag
+        self.camera_info_source = "gt" if t.camera_info in gt_topics else "out" if t.camera_info in out_topics \
+            else None
         self.rgb_source, self.rgb_topic = None, None
         for source, topics in (("out", out_topics), ("gt", gt_topics)):
             for name in (t.rgb, t.rgb_compressed):
@@ -129,6 +137,8 @@ class _Evaluation:
                        if ok}
         if self.rgb_source == "out":
             topics.add(self.rgb_topic)
+        if self.camera_info_source == "out" and self.tasks["depth"]:
+            topics.add(t.camera_info)
         return topics
 
     def gt_topic_set(self) -> set[str]:
@@ -142,6 +152,8 @@ class _Evaluation:
             topics.add(t.gt_pose)
         if self.rgb_source == "gt":
             topics.add(self.rgb_topic)
+        if self.camera_info_source == "gt" and self.tasks["depth"]:
+            topics.add(t.camera_info)
         return topics
 
     # -- pass 1 --
@@ -171,6 +183,10 @@ class _Evaluation:
                 self._saw(_stamp(message))
             elif topic == t.gt_labels:
                 self._on_labels(message)
+            elif topic == t.camera_info:
+                if message.k[0] > 0:  # an uncalibrated camera publishes zeros
+                    self.camera_k = (np.asarray(message.k, np.float64).reshape(3, 3),
+                                     (int(message.height), int(message.width)))
             if topic == self.clock_topic:
                 if clock_index in self.sample_indices:
                     self._bundle(_stamp(message)).sample = True
@@ -272,6 +288,7 @@ class _Evaluation:
                                      segment=segment)
             self.depth_baseline.add(bundle.stamp_ns, baseline_eval.constant_depth_like(pred), gt,
                                     is_metric=is_metric, scale_source=source, segment=segment)
+            self._fscore(bundle.stamp_ns, pred, gt, bool(is_metric))
             if sample is not None:
                 depth_sample(sample, pred, gt, results, is_metric, self.config)
         elif "depth" in parts or "gt_depth" in parts:
@@ -316,6 +333,33 @@ class _Evaluation:
             active)
         if sample is not None:
             instance_sample(sample, predictions, labels, match, self.labels, sample.images.get("input"))
+
+    def _fscore(self, stamp: int, pred: np.ndarray, gt: np.ndarray, is_metric: bool):
+        """Depth F-score of a frame and of the constant-depth baseline: no alignment for metric depth, else the
+        frame's median scale (perception_fm.eval.depth_fscore)."""
+        if self.camera_k is None:
+            self.frames_without_intrinsics += 1
+            return
+        k, size = self.camera_k
+        config = self.config
+        gt_r = depth_eval.resample_nearest(gt, pred.shape)
+        k = depth_fscore.scaled_intrinsics(k, size, pred.shape)
+        with np.errstate(invalid="ignore"):
+            gt_valid = np.isfinite(gt_r) & (gt_r > config.min_depth)
+            if config.max_depth is not None and config.max_depth > 0:
+                gt_valid &= gt_r <= config.max_depth
+        alignment = "none" if is_metric else "scale"
+        for evaluator, values in ((self.fscore, pred), (self.fscore_baseline, baseline_eval.constant_depth_like(pred))):
+            valid = depth_eval.valid_mask(values, gt_r, min_depth=config.min_depth, max_depth=config.max_depth)
+            scale = 1.0 if is_metric else depth_eval.median_scale(values[valid], gt_r[valid])
+            if not np.isfinite(scale):
+                continue  # no valid pixel: nothing to score
+            with np.errstate(invalid="ignore"):
+                aligned = np.where(np.isfinite(values) & (values > 0),
+                                   depth_eval.apply_alignment(values, alignment, scale, 0.0, config.shift_space,
+                                                              config.max_depth), np.nan)
+            evaluator.alignment = "none" if is_metric else depth_eval.MODE_SCALE_FRAME
+            evaluator.add(stamp, aligned, gt_r, gt_valid, k)
 
     # -- after the stream --
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from perception_fm.eval import baselines as baseline_eval
 from perception_fm.eval import depth as depth_eval
+from perception_fm.eval import pose_auc
 from perception_fm.eval import segmentation as seg_eval
 from perception_fm.eval import trajectory as traj_eval
 from perception_fm.eval.reading import _Evaluation
@@ -66,6 +67,33 @@ def _summarise_depth(ev: _Evaluation):
         stamps, values = ev.depth.series(mode, "abs_rel")
         result.series.append(Series(f"depth_abs_rel_{mode}", f"AbsRel ({mode})", "", ev.t_of(stamps), values,
                                     "depth"))
+    _summarise_fscore(ev)
+
+
+def _summarise_fscore(ev: _Evaluation):
+    """Depth F-score rows (perception_fm.eval.depth_fscore): a group of their own, so the depth matrix (one row per
+    alignment, the same metrics in each) keeps its shape."""
+    result, config = ev.result, ev.config
+    if ev.frames_without_intrinsics:
+        result.warnings.append(f"{ev.frames_without_intrinsics} depth frame(s) came before any "
+                               f"{config.topics.camera_info!r}: no F-score for them")
+    summary = ev.fscore.summary()
+    if not summary:
+        result.skipped.append(f"depth F-score skipped: no {config.topics.camera_info!r} (intrinsics) in either bag"
+                              if ev.camera_info_source is None else "depth F-score skipped: no frame scored")
+        return
+    baseline = ev.fscore_baseline.summary()
+    threshold = f"{config.fscore_threshold_m * 100:g} cm"
+    frames = len(ev.fscore.frames)
+    note = (f"points within {threshold}; alignment {ev.fscore.alignment}; mean over frames")
+    for name, label, primary in (("fscore", "F-score", True), ("precision", "precision", False),
+                                 ("recall", "recall", False)):
+        result.rows.append(MetricRow("depth points", f"{label}@{threshold}", summary[name], ev.fscore.alignment,
+                                     "%", frames, primary, False, note,
+                                     {baseline_eval.CONSTANT_DEPTH: baseline.get(name, float("nan"))}))
+    result.details["depth_fscore"] = {"threshold_m": config.fscore_threshold_m, "alignment": ev.fscore.alignment,
+                                      "max_points": config.fscore_max_points, "frames": frames, **summary,
+                                      "baselines": {baseline_eval.CONSTANT_DEPTH: baseline}}
 
 
 def _summarise_trajectory(ev: _Evaluation):
@@ -157,7 +185,32 @@ def _summarise_trajectory(ev: _Evaluation):
                  if np.array_equal(b.stamps, r.stamps)}
         result.trajectories.append(TrajectoryView(label, r.ref_poses[:, :3, 3].copy(), r.est_aligned[:, :3, 3].copy(),
                                                   t, r.ate, views))
+    _summarise_pose_auc(ev, gt_stamps, gt_poses, est_stamps, est_poses, segments, max_diff, details)
     result.details["trajectory"] = details
+
+
+def _summarise_pose_auc(ev: _Evaluation, gt_stamps, gt_poses, est_stamps, est_poses, segments, max_diff, details):
+    """DA3's relative pose AUC over view pairs (perception_fm.eval.pose_auc); alignment-free, so one set of rows."""
+    result, thresholds = ev.result, ev.config.pose_auc_thresholds
+    r = pose_auc.evaluate_pose_auc(gt_stamps, gt_poses, est_stamps, est_poses, max_diff=max_diff,
+                                   est_segments=segments, thresholds=thresholds)
+    if not r.pairs:
+        result.skipped.append("relative pose AUC skipped: fewer than 2 associated poses in every segment")
+        return
+    base = {name: pose_auc.evaluate_pose_auc(gt_stamps, gt_poses, est_stamps, make(est_stamps, segments),
+                                             max_diff=max_diff, est_segments=segments, thresholds=thresholds)
+            for name, make in baseline_eval.TRAJECTORY_BASELINES.items()}
+    note = f"{r.pairs} view pairs; pair error max(rotation, translation direction)"
+    for t in thresholds:
+        result.rows.append(MetricRow("trajectory", f"pose AUC@{t}", r.auc[t], "pairs", "%", r.views, True, False,
+                                     note, {name: b.auc[t] for name, b in base.items()}))
+    top = max(thresholds)
+    result.rows.append(MetricRow("trajectory", f"RRA@{top}", r.rra[top], "pairs", "%", r.views, False, False,
+                                 "pairs with rotation error < threshold", {n: b.rra[top] for n, b in base.items()}))
+    result.rows.append(MetricRow("trajectory", f"RTA@{top}", r.rta[top], "pairs", "%", r.views, False, False,
+                                 "pairs with translation direction error < threshold",
+                                 {n: b.rta[top] for n, b in base.items()}))
+    details["pose_auc"] = {**r.to_dict(), "baselines": {name: b.to_dict() for name, b in base.items()}}
 
 
 def _summarise_segmentation(ev: _Evaluation):
