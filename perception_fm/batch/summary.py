@@ -63,7 +63,8 @@ def summarise(outcomes: list[Outcome]) -> dict:
         rows = [b for b in evaluated if b["sequence"] == sequence]
         sequences[sequence] = {"bags": len(rows), "frames": sum(r["frames"] for r in rows), "mean": means(rows)}
     return {"columns": columns, "units": units, "bags": bags,
-            "mean": {"bags": len(evaluated), "frames": sum(b["frames"] for b in evaluated), "metrics": means(evaluated)},
+            "mean": {"bags": len(evaluated), "frames": sum(b["frames"] for b in evaluated),
+                     "metrics": means(evaluated)},
             "sequences": sequences,
             "failed": [{"bag": b["bag"], "input_bag": b["input_bag"], "error": b["error"]}
                        for b in bags if b["status"] == "failed"]}

@@ -50,8 +50,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
                              "(raise it when predictions were recorded long after their inputs)")
     tuning.add_argument("--topic", action="append", default=[], metavar="NAME=TOPIC",
                         help="override a topic, e.g. --topic depth=/cam/depth/image (names: depth, depth_info, "
-                             "tf, camera_path, instances, rgb, rgb_compressed, camera_info, gt_depth, gt_pose, gt_instances, "
-                             "gt_labels)")
+                             "tf, camera_path, instances, rgb, rgb_compressed, camera_info, gt_depth, gt_pose, "
+                             "gt_instances, gt_labels)")
 
 
 def eval_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser):
