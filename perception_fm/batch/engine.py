@@ -2,11 +2,12 @@
 on a local cluster started here (`address` None: the machine's cores, or `workers` of them) or on a running one
 (`address`: "ray://host:10001" through Ray Client, or "auto"/"host:6379" from a cluster node).
 
-Each Ray task asks for its bag's thread count in CPUs (`--threads-per-bag`, 1 by default) and, where the cluster
-has GPUs, one GPU (Ray then sets CUDA_VISIBLE_DEVICES for it, so "cuda" in the graph config is that GPU). A task
-whose worker process dies (killed, out of memory, a crashed node) is run again once (max_retries=1); an exception raised by the task itself is not retried (a damaged bag
-fails the same way twice) and is reported with its message, while the other bags go on. Bags already complete
-with the same inputs (perception_fm.batch.jobs.completed) are not run again.
+Each Ray task asks for its bag's thread count in CPUs (`--threads-per-bag`, 1 by default) and, where the cluster has
+GPUs, one GPU (Ray then sets CUDA_VISIBLE_DEVICES for it, so "cuda" in the graph config is that GPU). A task whose
+worker process dies (killed, out of memory, a crashed node) is run again once (max_retries=1); an exception raised
+by the task itself is not retried (a damaged bag fails the same way twice) and is reported with its message, while
+the other bags go on. Bags already complete with the same inputs (perception_fm.batch.jobs.completed) are not run
+again.
 
 Progress goes to `stream` (stderr), one line per finished bag: bags done/total, frames/s over the run, ETA from
 the frames still to do (counted from the bags' indexes beforehand)."""
