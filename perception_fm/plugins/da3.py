@@ -275,6 +275,9 @@ def from_upstream_pixel_convention(K):
 # Precision and memory
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# The DINOv2 encoders (most of the weights; upstream runs them under autocast), by module name in each kind of
+# network; everything else (DPT heads, camera encoder/decoder) upstream runs with autocast off, in fp32.
+VIT_BACKBONES = ("backbone", "da3.backbone", "da3_metric.backbone")
 
 
 def amp_dtype(precision: str, device: str):
@@ -296,10 +299,10 @@ def amp_dtype(precision: str, device: str):
 
 def cast_backbones(net, precision: str, amp) -> None:
     """bf16/fp16 asked explicitly (and autocast on): the ViT backbones' weights are stored in that dtype, which
-    halves most of the model's memory. The heads stay fp32: upstream runs them with autocast off, in fp32."""
+    halves most of the model's memory. The rest stays fp32: upstream runs it with autocast off, in fp32."""
     if precision in ("bf16", "fp16") and amp is not None:
         for name, module in net.named_modules():
-            if name.rsplit(".", 1)[-1] == "backbone":
+            if name in VIT_BACKBONES:
                 module.to(amp)
 
 
@@ -337,7 +340,7 @@ def estimate_memory(task, name, options, workload):
                 out[0] if out else args)
 
         for module_name, module in net.named_modules():
-            if module_name.rsplit(".", 1)[-1] == "backbone":
+            if module_name in VIT_BACKBONES:
                 module.to(amp)
                 module.register_forward_pre_hook(cast(amp))
                 module.register_forward_hook(cast(torch.float32))

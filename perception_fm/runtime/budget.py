@@ -266,8 +266,9 @@ class Budget:
         return out
 
 
-def graph_budget(graph, manager=None, memory: Callable[[str], tuple[int, int, str]] = device_memory) -> Budget:
-    """Every node's estimate, summed per device, against that device's memory."""
+def graph_budget(graph, manager=None, memory: Callable[[str], tuple[int, int, str]] | None = None) -> Budget:
+    """Every node's estimate, summed per device, against that device's memory (`memory`: device_memory)."""
+    memory = memory or device_memory
     entries = [node_estimate(config, manager) for config in graph.nodes]
     devices: dict[str, tuple[int, int, int, str]] = {}
     for device in dict.fromkeys(entry.device for entry in entries):
