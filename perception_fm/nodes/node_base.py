@@ -85,6 +85,17 @@ TRANSITION_LABEL_GOALS = {"configure": INACTIVE, "cleanup": UNCONFIGURED, "activ
 _STOPPED = object()  # what _in_worker returns when the node stopped before the worker finished
 
 
+def _initialised_torch_cuda():
+    """torch.cuda when a model plugin imported torch and CUDA is in use in this process, else None. Never
+    imports torch (a node may have none), and copes with the worker being in the middle of importing it."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    try:
+        return cuda if cuda is not None and cuda.is_initialized() else None
+    except AttributeError:  # torch.cuda itself still importing
+        return None
+
+
 def return_freed_memory() -> None:
     """Hand the heap's free pages back to the system (glibc malloc_trim; elsewhere nothing). tune_malloc keeps
     freed heap memory for the per-frame buffers; a released model must leave the process's RSS for real."""
@@ -574,11 +585,32 @@ class ModelNode(LifecycleNode):
             )
             return
         self.model = model
+        self._start_memory_estimate(name, getattr(model, "device", self.values["device"]))
         warning = " (RANDOM WEIGHTS: outputs are not meaningful)" if getattr(model, "weights", "") == "random-init" else ""
         self.get_logger().info(
             f"{self.task} model {name!r} ready on {getattr(model, 'device', '?')} from "
             f"{getattr(model, 'weights', '?')} in {time.perf_counter() - started:.1f} s{warning}"
         )
+
+    def _start_memory_estimate(self, name: str, device: str) -> None:
+        """The loaded model's memory estimate (plugins' estimate_memory hook) for /diagnostics, computed on a
+        thread of its own: it takes up to seconds, which the worker's first frames must not wait for."""
+        from dataclasses import replace
+
+        from perception_fm.runtime.budget import estimate_values, node_workload
+
+        self._memory_values = {}  # the previous model's figures are gone with it
+        options = replace(model_options(self.values, self.model_extra_params), device=str(device), offline=True)
+        workload = node_workload(self.task, self.values)
+
+        def estimate() -> None:
+            try:
+                values = estimate_values(default_manager().estimate_memory(self.task, name, options, workload))
+            except Exception as error:  # an estimate is information; its failure must not touch the node
+                values = {"memory_estimate": f"failed: {type(error).__name__}: {error}"}
+            self._memory_values = dict(values) or {"memory_estimate": "none from the model's plugin"}
+
+        threading.Thread(target=estimate, name=f"{self.get_name()}_memory_estimate", daemon=True).start()
 
     def reconfigure_with(self, model) -> None:
         """Build what depends on the model and parameters (e.g. the pipeline); raise ValueError if the
@@ -597,9 +629,9 @@ class ModelNode(LifecycleNode):
         self.release_model()
         gc.collect()
         return_freed_memory()
-        torch = sys.modules.get("torch")  # imported by the model plugin, if any
-        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+        cuda = _initialised_torch_cuda()
+        if cuda is not None:
+            cuda.empty_cache()
 
     # -- frames -------------------------------------------------------------------------------------------
 
@@ -736,10 +768,12 @@ class ModelNode(LifecycleNode):
             status.message = "ok"
         values = {"lifecycle_state": state, "model": self.model_name(), "weights": getattr(self.model, "weights", ""),
                   **snapshot, **counters}
-        torch = sys.modules.get("torch")  # CUDA memory torch holds in this process (cleanup empties its cache)
-        if torch is not None and torch.cuda.is_initialized():
-            values["cuda_allocated_mb"] = f"{torch.cuda.memory_allocated() / 2**20:.1f}"
-            values["cuda_reserved_mb"] = f"{torch.cuda.memory_reserved() / 2**20:.1f}"
+        if self.model is not None:  # the estimate of the loaded model (computed once per load)
+            values.update(getattr(self, "_memory_values", {}))
+        cuda = _initialised_torch_cuda()  # CUDA memory torch holds in this process (cleanup empties its cache)
+        if cuda is not None:
+            values["cuda_allocated_mb"] = f"{cuda.memory_allocated() / 2**20:.1f}"
+            values["cuda_reserved_mb"] = f"{cuda.memory_reserved() / 2**20:.1f}"
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         message = DiagnosticArray()
         message.header.stamp = self.get_clock().now().to_msg()
