@@ -691,12 +691,17 @@ def rosbag2_writer(path: str | Path, *, chunk_size: int = 1 << 20, **options):
 
 
 class BagWriter:
-    """Writes rclpy messages to a new rosbag2 MCAP bag directory."""
+    """Writes rclpy messages to a new rosbag2 MCAP bag directory. `compress`: zstd-compressed chunks (MCAP's
+    own chunk compression, which `ros2 bag` and Foxglove read), for bags of many images."""
 
-    def __init__(self, path: str | Path, *, chunk_size: int = 1 << 20):
+    def __init__(self, path: str | Path, *, chunk_size: int = 1 << 20, compress: bool = False):
         self.path = Path(path)
         self._store = typestore()
         self._writer = rosbag2_writer(self.path, chunk_size=chunk_size)
+        if compress:
+            from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
+
+            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
         self._writer.open()
         self._connections: dict[tuple[str, str], object] = {}
         self.counts: dict[str, int] = {}
