@@ -22,14 +22,19 @@ from perception_fm.hookspecs import MemoryEstimate, ModelOptions, Task
 
 MiB = 1 << 20
 GiB = 1 << 30
-# Node type -> (node parameter -> workload key) for the estimate_memory hook.
+# Task -> (node parameter -> workload key) for the estimate_memory hook.
 WORKLOAD_PARAMS = {
-    "depth_node": {"window_size": "views"},
-    "concept_node": {"max_objects": "objects", "max_concepts": "concepts"},
-    "object_mesh_node": {"max_objects": "objects"},
-    "body_node": {"max_people": "objects"},
-    "speech_node": {},
+    Task.DEPTH: {"window_size": "views"},
+    Task.SEGMENTATION: {"max_objects": "objects", "max_concepts": "concepts"},
+    Task.OBJECT_MESH: {"max_objects": "objects"},
+    Task.BODY_MESH: {"max_people": "objects"},
+    Task.SPEECH: {},
 }
+
+
+def node_workload(task: Task | str, values: Mapping[str, Any]) -> dict[str, int]:
+    """The estimate_memory hook's workload from a node's parameter values."""
+    return {key: int(values[name]) for name, key in WORKLOAD_PARAMS.get(Task(task), {}).items() if name in values}
 
 
 def format_bytes(count: int | None) -> str:
@@ -208,8 +213,7 @@ def node_estimate(config, manager=None) -> NodeEstimate:
     device = estimate_device(options.device)
     options = ModelOptions(weights=options.weights, device=device, offline=True,
                            random_weights=options.random_weights, extra=options.extra)
-    workload = {key: int(values[name]) for name, key in WORKLOAD_PARAMS.get(config.executable, {}).items()
-                if name in values}
+    workload = node_workload(cls.task, values)
     model = values["model"]
     try:
         estimate = manager.estimate_memory(cls.task, model, options, workload)

@@ -75,7 +75,7 @@ def run_graph(graph, args: list[str] | None = None, num_threads: int | None = No
     from rclpy.signals import SignalHandlerOptions
 
     from perception_fm.core.memory import tune_malloc
-    from perception_fm.nodes.node_base import SPIN_POLL_S
+    from perception_fm.nodes.node_base import EXECUTOR_THREADS, SPIN_POLL_S
     from perception_fm.nodes.params import ParameterError, remember_arguments
 
     tune_malloc()
@@ -92,9 +92,9 @@ def run_graph(graph, args: list[str] | None = None, num_threads: int | None = No
             nodes = build_nodes(graph, params.name)
         except ParameterError:  # logged by params.declare as one line naming the node
             return 2
-        # At least one thread per node plus one, so that a node whose callback blocks (e.g. a lifecycle
-        # transition loading a model) leaves a thread for every other node.
-        threads = num_threads or max(len(nodes) + 1, os.cpu_count() or 1)
+        # run_node's threads for each node (one for a lifecycle transition waiting on its model load, one for
+        # the rest), so that no node's blocked callback can take a thread another node needs.
+        threads = num_threads or len(nodes) * EXECUTOR_THREADS
         executor = MultiThreadedExecutor(num_threads=threads, context=context)
         for node in nodes:
             executor.add_node(node)
@@ -123,15 +123,16 @@ def run_graph(graph, args: list[str] | None = None, num_threads: int | None = No
 
 
 def _stop_executor(executor, nodes: list) -> None:
-    """No new callbacks, and the ones in flight given EXECUTOR_STOP_WAIT_S to finish before the nodes are
-    destroyed under them (rclpy then reports "cannot use Destroyable" from the callback). A callback still
-    running after that (e.g. a blocking lifecycle transition) is left behind: its thread is not waited for."""
+    """The nodes out of the executor first (a lifecycle transition waiting for its worker sees that and gives
+    up, as in run_node), then no new callbacks, and the ones in flight given EXECUTOR_STOP_WAIT_S to finish
+    before the nodes are destroyed under them (rclpy would report "cannot use Destroyable" from the callback). A
+    callback still running after that is left behind: its thread is not waited for."""
+    for node in nodes:
+        executor.remove_node(node)
     waiter = threading.Thread(target=executor.shutdown, kwargs={"timeout_sec": 0}, daemon=True,
                               name="executor_shutdown")
     waiter.start()
     waiter.join(EXECUTOR_STOP_WAIT_S)
-    for node in nodes:
-        executor.remove_node(node)
 
 
 def _destroy_all(nodes: list) -> None:
