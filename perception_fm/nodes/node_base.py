@@ -85,6 +85,17 @@ TRANSITION_LABEL_GOALS = {"configure": INACTIVE, "cleanup": UNCONFIGURED, "activ
 _STOPPED = object()  # what _in_worker returns when the node stopped before the worker finished
 
 
+def _initialised_torch_cuda():
+    """torch.cuda when a model plugin imported torch and CUDA is in use in this process, else None. Never
+    imports torch (a node may have none), and copes with the worker being in the middle of importing it."""
+    torch = sys.modules.get("torch")
+    cuda = getattr(torch, "cuda", None)
+    try:
+        return cuda if cuda is not None and cuda.is_initialized() else None
+    except AttributeError:  # torch.cuda itself still importing
+        return None
+
+
 def return_freed_memory() -> None:
     """Hand the heap's free pages back to the system (glibc malloc_trim; elsewhere nothing). tune_malloc keeps
     freed heap memory for the per-frame buffers; a released model must leave the process's RSS for real."""
@@ -618,9 +629,9 @@ class ModelNode(LifecycleNode):
         self.release_model()
         gc.collect()
         return_freed_memory()
-        torch = sys.modules.get("torch")  # imported by the model plugin, if any
-        if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.empty_cache()
+        cuda = _initialised_torch_cuda()
+        if cuda is not None:
+            cuda.empty_cache()
 
     # -- frames -------------------------------------------------------------------------------------------
 
@@ -759,10 +770,10 @@ class ModelNode(LifecycleNode):
                   **snapshot, **counters}
         if self.model is not None:  # the estimate of the loaded model (computed once per load)
             values.update(getattr(self, "_memory_values", {}))
-        torch = sys.modules.get("torch")  # CUDA memory torch holds in this process (cleanup empties its cache)
-        if torch is not None and torch.cuda.is_initialized():
-            values["cuda_allocated_mb"] = f"{torch.cuda.memory_allocated() / 2**20:.1f}"
-            values["cuda_reserved_mb"] = f"{torch.cuda.memory_reserved() / 2**20:.1f}"
+        cuda = _initialised_torch_cuda()  # CUDA memory torch holds in this process (cleanup empties its cache)
+        if cuda is not None:
+            values["cuda_allocated_mb"] = f"{cuda.memory_allocated() / 2**20:.1f}"
+            values["cuda_reserved_mb"] = f"{cuda.memory_reserved() / 2**20:.1f}"
         status.values = [KeyValue(key=key, value=str(value)) for key, value in values.items()]
         message = DiagnosticArray()
         message.header.stamp = self.get_clock().now().to_msg()
