@@ -448,8 +448,13 @@ class Da3OnnxDepthModel(da3.Da3DepthModel):
     def from_options(cls, variant: da3.Da3Variant, options: ModelOptions) -> "Da3OnnxDepthModel":
         import torch
 
-        require_onnx_stack()
+        ort = require_onnx_stack()
         device = da3.select_device(options.device)
+        extra = dict(options.extra)
+        providers = extra.get("onnx_providers") or os.environ.get(PROVIDERS_ENV) or "auto"
+        # Bad options fail here, before the network is built or loaded.
+        parse_views(extra.get("onnx_views", "auto"))
+        choose_providers(providers, device, ort.get_available_providers())
         weights_dir = None
         if options.random_weights:
             torch.manual_seed(0)  # the PyTorch plugin's random network, value for value
@@ -463,11 +468,9 @@ class Da3OnnxDepthModel(da3.Da3DepthModel):
             net = da3.build_network(architecture)
             da3.load_state(net, weights_dir)
             weights = options.weights or variant.hub_id
-        extra = dict(options.extra)
         return cls(
             variant, net, weights=weights, weights_dir=weights_dir, device=device,
-            views=extra.get("onnx_views", "auto"),
-            providers=extra.get("onnx_providers") or os.environ.get(PROVIDERS_ENV) or "auto",
+            views=extra.get("onnx_views", "auto"), providers=providers,
             cache_dir=extra.get("onnx_cache_dir") or None,
             opset=int(extra.get("onnx_opset", DEFAULT_OPSET)),
             process_res=int(extra.get("process_res", 504)),
