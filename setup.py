@@ -74,7 +74,8 @@ setup(
         "dev": DEV,
     },
     entry_points={
-        "console_scripts": ["perception-fm = perception_fm.cli:main"],
+        "console_scripts": ["perception-fm = perception_fm.cli:main",
+                            "perception_fm_container = perception_fm.runtime.container:main"],
         # Third-party plugins register under this group (see perception_fm/hookspecs.py).
         "perception_fm": [],
     },

@@ -152,6 +152,9 @@ def _worker_busy(node) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """perception_fm_container CONFIG [--ros-args ...]: every node of the graph config in this process."""
+    from perception_fm.nodes.launcher import install_quiet_stop
+
+    install_quiet_stop()  # the pip console script comes here first: quiet stops during the heavy imports too
     import argparse
 
     from rclpy.utilities import remove_ros_args
