@@ -171,6 +171,44 @@ def table(results: dict, source: str) -> str:
     return "\n".join(lines)
 
 
+def _device_table():
+    """perception_fm/bench/device_table.py (standard library only), loaded by path: this script runs without the
+    package installed."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_table", REPO / "perception_fm" / "bench" / "device_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def gpu_table(results_dir: Path) -> str:
+    """The GPU figures of the device check (`perception-fm bench device`, scripts/device_check.sh): one column per
+    GPU result file in `results_dir` (a device_check section with "gpu": true); with none yet, one column saying
+    "not yet measured on a GPU" in every row."""
+    device_table = _device_table()
+    checks = []
+    for path in sorted(results_dir.glob("*.json")):
+        data = json.loads(path.read_text())
+        if data.get("gpu") and not data.get("device_check", {}).get("dry_run", True) and "device_check" in data:
+            checks.append((data["device"], path, data["device_check"]))
+    columns = [dict(device_table.rows(check)) for _, _, check in checks] or [dict(device_table.rows(None))]
+    whats = list(dict.fromkeys(what for column in columns for what in column))
+    names = [device for device, _, _ in checks] or ["GPU"]
+    lines = ["| what (GPU: device check) | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {what} | " + " | ".join(column.get(what, device_table.NOT_MEASURED) for column in columns) + " |"
+              for what in whats]
+    lines.append("")
+    if checks:
+        lines.append("GPU figures from " + ", ".join(
+            f"`{path.resolve().relative_to(REPO).as_posix()}` ({check['date']})" for _, path, check in checks)
+            + " (random weights, the real architectures).")
+    else:
+        lines.append("No GPU result file yet: `bash scripts/device_check.sh` on a lent GPU writes "
+                     "bench/results/<gpu>.json (scripts/pack_device_wheels.sh makes the wheels it carries).")
+    return "\n".join(lines)
+
+
 def replace_region(text: str, region: str) -> str:
     """`text` with what lies between the markers replaced by `region`; ValueError unless each marker occurs
     exactly once, start before end."""
@@ -189,7 +227,8 @@ def generate(readme_text: str, results_path: Path) -> str:
         source = results_path.resolve().relative_to(REPO).as_posix()
     except ValueError:
         source = results_path.name
-    return replace_region(readme_text, table(results, source))
+    region = table(results, source) + "\n\n" + gpu_table(results_path.parent)
+    return replace_region(readme_text, region)
 
 
 def main(argv=None) -> int:
