@@ -143,7 +143,9 @@ def main(argv=None) -> int:
             print(f"{mode:12s}: {memory['processes']} processes, RSS {memory['rss_mib']:.0f} MiB, PSS "
                   f"{memory['pss_mib']:.0f} MiB (after frames: RSS {result['memory_after_frames']['rss_mib']:.0f}); "
                   f"depth_node overhead p50 {result['overhead']['p50_ms']:.1f} ms, p95 "
-                  f"{result['overhead']['p95_ms']:.1f} ms ({result['processed']}/{result['sent']} frames at "
+                  f"{result['overhead']['p95_ms']:.1f} ms, without the slot wait p50 "
+                  f"{(result['overhead_excl_queue'] or {}).get('p50_ms', float('nan')):.1f} ms "
+                  f"({result['processed']}/{result['sent']} frames at "
                   f"{args.rate:g} Hz); stopped with exit {result['stop_exit_code']}", flush=True)
     summary = {"graph": f"depth_node (da3-small random, {args.process_res} px) + concept_node (tiny sam3)"
                         + (f" + {args.extra_depth_nodes} depth nodes" if args.extra_depth_nodes else ""),
