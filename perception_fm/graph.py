@@ -40,7 +40,7 @@ class NodeType:
 NODE_TYPES = {
     "depth_node": NodeType("perception_fm.nodes.depth_node", "perception_fm.ros.depth_rig_io:DEPTH_NODE_PARAMS",
                            "da3-small"),
-    "concept_node": NodeType("perception_fm.nodes.concept_node", "perception_fm.ros.segmentation_io:CONCEPT_PARAMS",
+    "concept_node": NodeType("perception_fm.nodes.concept_node", "perception_fm.ros.concept_rig_io:CONCEPT_NODE_PARAMS",
                              "sam3"),
     "speech_node": NodeType("perception_fm.nodes.speech_node", "perception_fm.speech.params:SPEECH_PARAMS",
                             "pocketsphinx"),

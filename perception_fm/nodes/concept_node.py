@@ -43,6 +43,7 @@ from perception_fm.hookspecs import Task
 from perception_fm.msg import DepthInfo, InstanceArray
 from perception_fm.nodes.node_base import ModelNode, run_node
 from perception_fm.ros import segmentation_io as io
+from perception_fm.ros.concept_rig_io import CONCEPT_NODE_PARAMS, LiveConceptRig
 from perception_fm.ros.qos import qos_profile
 from perception_fm.ros.pairing import LivePairing, live_clock
 from perception_fm.srv import PromptObject, SetConcepts
@@ -63,7 +64,7 @@ class _NoModel(RuntimeError):
 class ConceptNode(ModelNode):
     task = Task.SEGMENTATION
     default_model = NODE_TYPES["concept_node"].default_model
-    params = io.CONCEPT_PARAMS
+    params = CONCEPT_NODE_PARAMS  # one camera's (segmentation_io) and the rig's (`cameras`: concept_rig_io)
     model_extra_params = io.MODEL_EXTRA_PARAMS
     prompt_timeout_s = 5.0  # a prompt the worker has not started by then is withdrawn and answered "busy"
 
@@ -79,9 +80,11 @@ class ConceptNode(ModelNode):
         # without, they leave it at once
         self._pairing = LivePairing(self, io.depth_pairer(self.values, live_clock, on_event=self.stats.event,
                                                           on_drop=self._pairing_drop), self.submit)
-        if self.values["image_transport"] == "compressed":
+        # several cameras (`cameras`): their subscriptions, grouping and outputs are the rig's (concept_rig_io)
+        self._rig = LiveConceptRig(self, input_qos, output_qos) if self.values["cameras"] else None
+        if self._rig is None and self.values["image_transport"] == "compressed":
             self.create_subscription(CompressedImage, "image/compressed", self._pairing.frame, input_qos)
-        else:
+        elif self._rig is None:
             self.create_subscription(Image, "image", self._pairing.frame, input_qos)
         # commands are kept in every lifecycle state (applied once there is a model); clicks are frame input
         self.create_subscription(String, io.TOPIC_CONCEPTS, self._on_concepts, COMMANDS_QOS, always=True)
@@ -109,7 +112,8 @@ class ConceptNode(ModelNode):
         with self._concepts_apply_lock:  # no concept change may land on the old handler while it is replaced
             previous = [c.text for c in self.handler.concepts.snapshot().values()] if self.handler else \
                 self._released_concepts
-            handler = io.SegmentationFrameHandler(model, self.values)
+            handler = self._rig.handler(model) if self._rig is not None else \
+                io.SegmentationFrameHandler(model, self.values)
             if previous:  # concepts given at runtime survive a model reload or parameter change
                 handler.concepts.add(previous)
             self.handler = handler
@@ -256,6 +260,8 @@ class ConceptNode(ModelNode):
         self.stats.drop(reason)
 
     def process(self, paired) -> float | None:
+        if self._rig is not None:  # a group of the rig's images
+            return self._rig.process(self.handler, paired)
         message, depth = paired.frame, io.paired_depth(paired, self._depth_metric)
         result = self.handler.handle(message, depth)
         if result is None:

@@ -128,13 +128,15 @@ class SegmentationFrameHandler:
     """One camera stream through the concept tracker. Concepts change through `concepts` (thread-safe);
     `handle` runs in one thread (the node's worker, or the replay loop)."""
 
-    def __init__(self, model, values: dict):
+    def __init__(self, model, values: dict, tracker=None):
+        """`tracker`: what steps the frames (default: a ConceptTracker on a new session of the model; a camera
+        rig gives its ConceptRig, perception_fm.ros.concept_rig_io)."""
         self.model = model
         self.values = values
         self.concepts = ConceptSet(model.encode_concept, max_concepts=values["max_concepts"])
         if values["concepts"].strip():
             self.concepts.add([p for p in values["concepts"].split(",") if p.strip()])
-        self.tracker = ConceptTracker(model.new_session(), tracker_config(values))
+        self.tracker = tracker if tracker is not None else ConceptTracker(model.new_session(), tracker_config(values))
         self._active: set[int] = set(self.concepts.snapshot())
         self.last_size: tuple[int, int] | None = None
 

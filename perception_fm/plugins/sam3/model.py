@@ -306,6 +306,13 @@ class Sam3SegmentationModel:
 
         return Sam3TrackingSession(self, evict=not keep_all_history)
 
+    def encode_frames(self, images: list[np.ndarray]) -> list:
+        """Several images (a camera rig's group) through the backbone in one batched pass; each result goes to
+        its own stream's session.add_encoded_frame. Optional in the SegmentationModel protocol."""
+        from perception_fm.plugins.sam3.session import encode_frames
+
+        return encode_frames(self, images)
+
     def warmup(self, size: tuple[int, int] = (480, 640)) -> float:
         """One frame through every operation (allocations, kernel selection); returns its time in ms."""
         import time

@@ -89,6 +89,53 @@ class _Layout:
     shape_key: tuple  # objects with the same key can be batched
 
 
+@dataclass
+class EncodedFrame:
+    """One image through the vision backbone: what a session keeps of its newest frame (add_encoded_frame)."""
+
+    model: Any  # the Sam3SegmentationModel that encoded it
+    image_size: tuple[int, int]  # (H, W) of the input image
+    detector_features: Any
+    features: torch.Tensor
+    position: torch.Tensor
+    high_res: list
+
+
+def encode_frames(model, images: list[np.ndarray]) -> list[EncodedFrame]:
+    """The images (RGB uint8, any sizes: each is resized to the model's square) through the backbone in ONE
+    batched pass (a camera rig's group), split back per image. Per-sample operations only, so each image's
+    features equal those of its own pass up to float rounding (tests/test_concept_rig.py)."""
+    if not images:
+        return []
+    pixels = torch.cat([model.preprocess(image) for image in images])
+    with model.inference():
+        vision = model.detector.get_vision_features(pixel_values=pixels)
+        features, positions = model.network.get_vision_features_for_tracker(vision_embeds=vision)
+    del pixels
+    # keep what the detector and the tracker read; drop the backbone's last hidden state, the detector's
+    # unused 0.5x level and the position encodings nobody reads (they are large at 1008 px)
+    vision_class = type(vision)
+    hidden = list(vision.fpn_hidden_states)
+    position = list(vision.fpn_position_encoding)
+    sizes = model.tracker.backbone_feature_sizes
+    batch = len(images)
+    encoded = []
+    for i, image in enumerate(images):
+        def mine(tensor, dim=0):  # image i's slice; tracker tensors are (HW, B, C): batch on dim 1
+            return tensor if batch == 1 else tensor.narrow(dim, i, 1).contiguous()
+
+        pruned = vision_class(
+            last_hidden_state=None,
+            fpn_hidden_states=tuple(mine(h) for h in hidden[:-1]) + (None,),
+            fpn_position_encoding=tuple([None] * (len(position) - 2)) + (mine(position[-2]), None),
+        )
+        own = [mine(f, 1) for f in features]
+        high_res = [f.permute(1, 2, 0).reshape(1, f.shape[2], *s) for f, s in zip(own[:-1], sizes[:-1])]
+        encoded.append(EncodedFrame(model=model, image_size=tuple(image.shape[:2]), detector_features=pruned,
+                                    features=own[-1], position=mine(positions[-1], 1), high_res=high_res))
+    return encoded
+
+
 class Sam3TrackingSession:
     def __init__(self, model, evict: bool = True):
         """model: the Sam3SegmentationModel (perception_fm.plugins.sam3.model) that owns the networks; not
@@ -106,28 +153,16 @@ class Sam3TrackingSession:
     # -- frames ---------------------------------------------------------------------------------------------
 
     def add_frame(self, image: np.ndarray) -> int:
-        model = self.model
-        pixels = model.preprocess(image)
-        with model.inference():
-            vision = model.detector.get_vision_features(pixel_values=pixels)
-            features, positions = model.network.get_vision_features_for_tracker(vision_embeds=vision)
-        del pixels
-        # keep what the detector and the tracker read; drop the backbone's last hidden state, the detector's
-        # unused 0.5x level and the position encodings nobody reads (they are large at 1008 px)
-        vision_class = type(vision)
-        hidden = list(vision.fpn_hidden_states)
-        position = list(vision.fpn_position_encoding)
-        pruned = vision_class(
-            last_hidden_state=None,
-            fpn_hidden_states=tuple(hidden[:-1]) + (None,),
-            fpn_position_encoding=tuple([None] * (len(position) - 2)) + (position[-2], None),
-        )
-        sizes = model.tracker.backbone_feature_sizes
-        high_res = [f.permute(1, 2, 0).reshape(1, f.shape[2], *s) for f, s in zip(features[:-1], sizes[:-1])]
+        return self.add_encoded_frame(encode_frames(self.model, [image])[0])
+
+    def add_encoded_frame(self, encoded: "EncodedFrame") -> int:
+        """add_frame for a frame encoded already (encode_frames: several cameras' images in one backbone pass)."""
+        if encoded.model is not self.model:
+            raise ValueError("the frame was encoded by another model than this session's")
         index = self._next_frame
         self._next_frame += 1
-        self._frame = _Frame(index=index, image_size=tuple(image.shape[:2]), detector_features=pruned,
-                             features=features[-1], position=positions[-1], high_res=high_res)
+        self._frame = _Frame(index=index, image_size=encoded.image_size, detector_features=encoded.detector_features,
+                             features=encoded.features, position=encoded.position, high_res=encoded.high_res)
         self._pending = {}
         if self.evict:
             for state in self._objects.values():
