@@ -173,3 +173,20 @@ def test_plugins_memory_prints_the_graphs_models(tmp_path, capsys, manager):
     row = next(line for line in out.splitlines() if line.startswith("depth_node"))
     assert f"{sum(p.numel() for p in model.net.parameters()):,}" in row
     assert "140x112 px, 2 views" in row and "float32" in row
+
+
+def test_checkpoint_parameters_read_shapes_without_loading(tmp_path):
+    """Plugins whose architecture only upstream's CUDA code builds (sam3d-objects, sam3d-body) count the
+    checkpoint's tensors: safetensors headers and torch checkpoints opened on meta (optimiser state skipped)."""
+    from safetensors.torch import save_file
+
+    module = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.BatchNorm1d(20))
+    state = module.state_dict()
+    save_file(dict(state), tmp_path / "model.safetensors")
+    torch.save({"state_dict": state, "optimizer_states": [{"exp_avg": torch.zeros(10_000)}]}, tmp_path / "model.ckpt")
+    expected = sum(t.numel() * t.element_size() for t in state.values())
+    count = sum(t.numel() for t in state.values())
+    assert budget.checkpoint_parameters([tmp_path / "model.safetensors"]) == (count, expected, "float32+int64")
+    assert budget.checkpoint_parameters([tmp_path / "model.ckpt"]) == (count, expected, "float32+int64")
+    as_bf16 = budget.checkpoint_parameters([tmp_path / "model.ckpt"], torch.bfloat16)
+    assert as_bf16[1] == expected - 2 * sum(t.numel() for t in state.values() if t.is_floating_point())

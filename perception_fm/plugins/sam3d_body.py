@@ -140,6 +140,21 @@ def register_models() -> list[ModelSpec]:
 # Conventions: pure functions
 
 
+@hookimpl
+def estimate_memory(task, name, options, workload):
+    """Parameters from model.ckpt's tensors (the architecture is built only by upstream's code), found locally
+    or in the hub cache (never downloaded); the MHR body model (TorchScript) and activations are not counted."""
+    if Task(task) is not Task.BODY_MESH or name != NAME:
+        return None
+    from perception_fm.hookspecs import MemoryEstimate
+    from perception_fm.runtime.budget import checkpoint_parameters
+
+    weights = resolve_weights(options.weights or HUB_ID, options, str(dict(options.extra).get("mhr_path", "")))
+    count, size, dtypes = checkpoint_parameters([weights.checkpoint])
+    return MemoryEstimate(parameters=count, parameter_bytes=size, dtype=dtypes,
+                          note="weights from model.ckpt's tensors; MHR asset and activations not estimated")
+
+
 def mhr_to_camera(points_cm: np.ndarray, camera_translation) -> np.ndarray:
     """Points from MHR's raw output (cm, MHR frame) to the OpenCV camera frame (m), as SAM 3D Body places them."""
     points = np.asarray(points_cm, dtype=np.float64) * CM_TO_M * MHR_TO_OPENCV

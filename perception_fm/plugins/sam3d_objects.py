@@ -126,6 +126,23 @@ def register_models() -> list[ModelSpec]:
     ]
 
 
+@hookimpl
+def estimate_memory(task, name, options, workload):
+    """Parameters from the checkpoint's tensors (the pipeline's architecture is built only by upstream's CUDA
+    code): every weights file of the checkpoint directory, found locally or in the hub cache (never
+    downloaded). Activations are not estimated."""
+    if Task(task) is not Task.OBJECT_MESH or name != NAME:
+        return None
+    from perception_fm.hookspecs import MemoryEstimate
+    from perception_fm.runtime.budget import checkpoint_parameters
+
+    directory = resolve_weights(options.weights or HUB_ID, options)
+    files = sorted(path for suffix in ("*.safetensors", "*.ckpt", "*.pt", "*.pth") for path in directory.rglob(suffix))
+    count, size, dtypes = checkpoint_parameters(files)
+    return MemoryEstimate(parameters=count, parameter_bytes=size, dtype=dtypes,
+                          note="weights from the checkpoint's tensors (all stages); activations not estimated")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Conventions: pure functions (numpy in, numpy out), testable without the upstream code
 

@@ -105,6 +105,63 @@ def module_bytes(module, dtype=None) -> tuple[int, int, int]:
             sum(b.numel() * b.element_size() for b in module.buffers()))
 
 
+# safetensors dtype -> (torch's name, bytes per element)
+SAFETENSORS_DTYPES = {"F64": ("float64", 8), "F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2),
+                      "I64": ("int64", 8), "I32": ("int32", 4), "I16": ("int16", 2), "I8": ("int8", 1),
+                      "U8": ("uint8", 1), "BOOL": ("bool", 1), "F8_E4M3": ("float8_e4m3fn", 1),
+                      "F8_E5M2": ("float8_e5m2", 1)}
+
+
+def checkpoint_parameters(files, dtype=None) -> tuple[int, int, str]:
+    """(element count, bytes, dtypes) of the tensors stored in checkpoint files, read from their headers and
+    pickles without loading any data: safetensors headers, and torch .ckpt/.pt/.pth files opened on the meta
+    device (a Lightning checkpoint's "state_dict" only, not its optimiser state). For plugins whose architecture
+    only upstream's own code can build: the checkpoint's tensors are the model's parameters and buffers.
+    Floating-point tensors are counted at `dtype` (None: as stored)."""
+    import json as json_module
+    import struct
+
+    import torch
+
+    itemsize = torch.tensor([], dtype=dtype).element_size() if dtype is not None else None
+    count = size = 0
+    dtypes: set[str] = set()
+    for path in files:
+        path = str(path)
+        if path.endswith(".safetensors"):
+            with open(path, "rb") as stream:
+                (length,) = struct.unpack("<Q", stream.read(8))
+                header = json_module.loads(stream.read(length))
+            for name, entry in header.items():
+                if name == "__metadata__":
+                    continue
+                numel = 1
+                for dim in entry["shape"]:
+                    numel *= int(dim)
+                stored, stored_bytes = SAFETENSORS_DTYPES[entry["dtype"]]
+                cast = itemsize is not None and stored.startswith(("float", "bfloat"))
+                count += numel
+                size += numel * (itemsize if cast else stored_bytes)
+                dtypes.add(str(dtype).replace("torch.", "") if cast else stored)
+            continue
+        state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        stack = [state]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, torch.Tensor):
+                floating = item.is_floating_point()
+                count += item.numel()
+                size += item.numel() * (itemsize if itemsize and floating else item.element_size())
+                dtypes.add(str(dtype if itemsize and floating else item.dtype).replace("torch.", ""))
+            elif isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+    return count, size, "+".join(sorted(dtypes))
+
+
 def forward_peak_bytes(forward: Callable[[], Any]) -> int:
     """Peak bytes held at once by the tensors `forward()` allocates (its inputs and the module's weights not
     counted), run on meta tensors under torch.inference_mode. Autocast does not act on meta tensors: for mixed
