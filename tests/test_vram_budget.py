@@ -190,3 +190,17 @@ def test_checkpoint_parameters_read_shapes_without_loading(tmp_path):
     assert budget.checkpoint_parameters([tmp_path / "model.ckpt"]) == (count, expected, "float32+int64")
     as_bf16 = budget.checkpoint_parameters([tmp_path / "model.ckpt"], torch.bfloat16)
     assert as_bf16[1] == expected - 2 * sum(t.numel() for t in state.values() if t.is_floating_point())
+
+
+def test_whisper_estimate_matches_the_real_model(tmp_path, manager):
+    from test_speech_plugins import save_tiny_whisper
+
+    directory = save_tiny_whisper(tmp_path / "whisper")
+    options = ModelOptions(weights=str(directory), device="cpu", offline=True)
+    estimate = manager.estimate_memory(Task.SPEECH, "whisper", options, {})
+    model = manager.create(Task.SPEECH, "whisper", options)
+    assert estimate.parameter_bytes == parameter_bytes(model.net) and estimate.dtype == "float32"
+    assert estimate.activation_bytes > 0
+    on_gpu = manager.estimate_memory(Task.SPEECH, "whisper", ModelOptions(weights=str(directory), device="cuda",
+                                                                          offline=True), {})
+    assert on_gpu.dtype == "float16" and on_gpu.parameter_bytes == estimate.parameter_bytes // 2  # upstream's fp16

@@ -63,6 +63,38 @@ def register_models() -> list[ModelSpec]:
     ]
 
 
+@hookimpl
+def estimate_memory(task, name, options, workload):
+    """Whisper from its config.json (local directory or hub cache; never downloaded), built on meta: parameters
+    at the dtype it loads in, activations of one encoder pass over the 30 s window plus one decoder step."""
+    if Task(task) is not Task.SPEECH or name != NAME:
+        return None
+    import torch
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from perception_fm.hookspecs import MemoryEstimate
+    from perception_fm.runtime.budget import build_on_meta, forward_peak_bytes, module_bytes
+
+    directory = resolve_weights(options.weights or DEFAULT_WEIGHTS, options, need_weights=False)
+    config = WhisperConfig.from_pretrained(str(directory))
+    dtype = choose_dtype(options.device if options.device != "auto" else "cpu",
+                         str(dict(options.extra).get("precision", "auto")))
+    with build_on_meta():
+        net = WhisperForConditionalGeneration(config)
+    net.to(dtype)
+    parameters, parameter_bytes, buffer_bytes = module_bytes(net)
+    frames = 2 * int(config.max_source_positions)  # the encoder's two stride-2 convolutions: 3000 mel frames
+
+    def forward():
+        features = torch.zeros(1, int(config.num_mel_bins), frames, device="meta", dtype=dtype)
+        tokens = torch.zeros(1, 1, dtype=torch.long, device="meta")
+        return net(input_features=features, decoder_input_ids=tokens)
+
+    return MemoryEstimate(parameters=parameters, parameter_bytes=parameter_bytes, buffer_bytes=buffer_bytes,
+                          dtype=str(dtype).replace("torch.", ""), activation_bytes=forward_peak_bytes(forward),
+                          workload=f"{MAX_SECONDS:g} s window, one decoder step")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Loading
 
