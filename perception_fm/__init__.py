@@ -21,3 +21,15 @@ if os.path.isdir(_generated) and _generated not in __path__:
 # Must be set before torch's OpenMP runtime starts, so here, where every perception_fm process begins; a
 # user's own OMP_WAIT_POLICY wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# Fast DDS (ROS 2's default middleware) moves a message between processes through its writer's shared-memory
+# segment, 512 KiB by default: a bigger message (a 640x480 rgb8 image is 900 KiB, clouds are MBs) goes out in
+# fragments and reaches the subscriber's callback ~12 ms after it was published on this machine, against ~2 ms
+# through an 8 MiB segment (`perception-fm bench node`). The segment is the publisher's, so this helps what
+# perception_fm processes publish; camera drivers need the same variable in their environment (README). Only
+# where the user has configured nothing of Fast DDS's transports; other middlewares ignore the variable, and so
+# does rmw_fastrtps under ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (it sets the transports itself: there, a
+# Fast DDS XML profile with a larger SHM segment_size does the same).
+if not any(os.environ.get(name) for name in ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE",
+                                             "FASTRTPS_DEFAULT_PROFILES_FILE")):
+    os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "DEFAULT?sockets_size=8MB"

@@ -100,6 +100,19 @@ def test_serialized_round_trip():
     np.testing.assert_array_equal(decoded_colors, colors)
 
 
+def test_vga_cloud_round_trip_over_the_wire_is_exact_and_never_a_list():
+    """A cloud as big as a 640x480 frame gives (307,200 points, 4.9 MB): data is array.array both ways (never a
+    Python list of bytes) and points and colours come back bit for bit."""
+    points, colors = random_cloud(640 * 480)
+    built = xyzrgb_to_pointcloud2(points, colors)
+    assert isinstance(built.data, array.array) and built.data.typecode == "B"
+    received = deserialize_message(serialize_message(built), PointCloud2)
+    assert isinstance(received.data, array.array) and received.data.typecode == "B"
+    decoded_points, decoded_colors = pointcloud2_to_xyzrgb(received)
+    assert decoded_points.tobytes() == points.astype(np.float32).tobytes()
+    np.testing.assert_array_equal(decoded_colors, colors)
+
+
 def test_build_errors():
     points, colors = random_cloud(4)
     with pytest.raises(BadInputError) as excinfo:

@@ -138,6 +138,22 @@ def test_serialized_round_trip():
     np.testing.assert_array_equal(image_to_numpy(received), pixels)
 
 
+def test_vga_frame_round_trip_over_the_wire_is_exact_and_never_a_list():
+    """The per-frame path at full size: rclpy hands large uint8[] fields to us as array.array both ways (a Python
+    list of 921,600 ints would cost tens of ms per frame) and the pixels come back bit for bit."""
+    pixels = np.random.default_rng(7).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    built = numpy_to_image(pixels, "rgb8")
+    assert isinstance(built.data, array.array) and built.data.typecode == "B"
+    received = deserialize_message(serialize_message(built), Image)
+    assert isinstance(received.data, array.array) and received.data.typecode == "B"
+    np.testing.assert_array_equal(image_to_rgb8(received), pixels)
+    depth = np.random.default_rng(8).uniform(0.1, 50.0, (480, 640)).astype(np.float32)
+    depth[0, :3] = (np.inf, np.nan, -0.0)
+    received = deserialize_message(serialize_message(numpy_to_image(depth, "32FC1")), Image)
+    assert isinstance(received.data, array.array)
+    assert image_to_numpy(received).tobytes() == depth.tobytes()  # bit for bit, NaN and -0 included
+
+
 def test_data_as_bytes_object():
     msg = Image(height=1, width=2, step=2, encoding="mono8")
     msg.data = b"\x05\x07"

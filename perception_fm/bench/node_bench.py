@@ -5,10 +5,19 @@ Isaac ROS benchmarks its graphs:
   latest-frame policy sheds load beyond what the model sustains), found by trying rates in turn;
 - latency at a fixed input rate (30 Hz by default): output receive time minus input publish time on this
   machine's clock, p50/p95, and the node's own overhead per frame (that latency minus the model's time as the
-  node reports it in depth/info).
+  node reports it in depth/info);
+- that overhead split by stage, from the node's own per-frame times (publish_stage_times, ~/stage_times):
+  receive (publish -> the node's callback: serialisation, DDS, the executor), pairing (waiting for the
+  camera_info of the stamp), queue (waiting in the latest-frame slot while the model works on an earlier
+  frame: a slow model's time, not overhead), decode, prepare (resize/normalise; inside the model's reported
+  time), postprocess (cloud), encode (messages), publish, and deliver (the rest: depth/info to this process).
+  `overhead` is latency - model time (prepare + predict) as before; `overhead_excl_queue` leaves the slot wait
+  out too.
 
 Images are 640x480 frames of the synthetic sample; the model has random weights unless --weights is given
-(timings do not depend on the values). Figures, not tests.
+(timings do not depend on the values). This process publishes the images as a camera driver would, with
+perception_fm's Fast DDS transport setting (see perception_fm/__init__.py) unless the environment sets its own:
+FASTDDS_BUILTIN_TRANSPORTS=DEFAULT measures with Fast DDS's defaults, on both sides. Figures, not tests.
 """
 from __future__ import annotations
 
@@ -34,11 +43,12 @@ class _Harness:
     """A probe node in this process publishing images and timing the node's depth outputs."""
 
     def __init__(self, frames, output_type=None, output_topic: str = "/depth/info", camera_info: bool = False,
-                 diagnostics: bool = False):
+                 diagnostics: bool = False, stage_times_topic: str = ""):
         """`output_type` on `output_topic` (default DepthInfo on /depth/info) is the node's per-frame output; it
         must carry the input's header stamp and an `inference_ms`. With `camera_info`, a CameraInfo (the sample's
         K) goes to /bench/camera_info before each image, with its stamp. With `diagnostics`, the latest
-        /diagnostics key/values of each status are kept in self.diagnostics (status name -> dict)."""
+        /diagnostics key/values of each status are kept in self.diagnostics (status name -> dict). With
+        `stage_times_topic`, the node's per-frame stage times (depth_io.stage_times_message) are kept by stamp."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.context import Context
@@ -68,6 +78,10 @@ class _Harness:
         self.node.create_subscription(output_type or DepthInfo, output_topic, self._on_info, QoSProfile(depth=100))
         self.diagnostics: dict[str, dict] = {}
         self.diagnostics_received = 0
+        self.stages: dict[int, dict[str, float]] = {}  # stamp -> the node's ms per stage (stage_times_topic)
+        if stage_times_topic:
+            self.node.create_subscription(DiagnosticArray, stage_times_topic, self._on_stage_times,
+                                          QoSProfile(depth=100))
         if diagnostics:
             self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, QoSProfile(depth=50))
         self.messages = [numpy_to_image(frame, "rgb8") for frame in frames]
@@ -86,6 +100,11 @@ class _Harness:
             for status in message.status:
                 self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
             self.diagnostics_received += 1
+
+    def _on_stage_times(self, message):
+        stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
+        with self.lock:
+            self.stages[stamp] = {kv.key: float(kv.value) for status in message.status for kv in status.values}
 
     def publish(self, index: int) -> None:
         """Frame `index` (cycling through the frames) stamped now, its camera_info first where there is one."""
@@ -110,6 +129,7 @@ class _Harness:
         with self.lock:
             self.sent.clear()
             self.received.clear()
+            self.stages.clear()
         period, count = 1.0 / rate_hz, max(int(rate_hz * seconds), 1)
         start = time.perf_counter()
         for i in range(count):
@@ -118,12 +138,21 @@ class _Harness:
             self.publish(i)
         time.sleep(2.0)  # the last frames drain
         with self.lock:
-            latencies = [(self.received[s][0] - t) * 1e3 for s, t in self.sent.items() if s in self.received]
-            overheads = [lat - self.received[s][1] for (s, t), lat in
-                         zip([(s, t) for s, t in self.sent.items() if s in self.received], latencies)]
-            done = sum(1 for s in self.sent if s in self.received)
-        return {"rate_hz": rate_hz, "sent": count, "processed": done, "drop_ratio": 1 - done / count,
-                **_percentiles(latencies), "overhead": _percentiles(overheads)}
+            done = [s for s in self.sent if s in self.received]
+            latencies = {s: (self.received[s][0] - self.sent[s]) * 1e3 for s in done}
+            overheads = {s: latencies[s] - self.received[s][1] for s in done}
+            staged = {s: self.stages[s] for s in done if s in self.stages}
+        result = {"rate_hz": rate_hz, "sent": count, "processed": len(done), "drop_ratio": 1 - len(done) / count,
+                  **_percentiles(list(latencies.values())), "overhead": _percentiles(list(overheads.values()))}
+        if staged:
+            names = list(next(iter(staged.values())))
+            stages = {name: _percentiles([times[name] for times in staged.values()]) for name in names}
+            # the rest of the latency: depth/info from the node to this process (DDS + this executor)
+            stages["deliver"] = _percentiles([latencies[s] - sum(times.values()) for s, times in staged.items()])
+            result["stages"] = stages
+            result["overhead_excl_queue"] = _percentiles([overheads[s] - times.get("queue", 0.0)
+                                                          for s, times in staged.items()])
+        return result
 
     def wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -152,9 +181,9 @@ def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15
     weight_args = ["-p", f"weights:={weights}"] if weights else ["-p", "random_weights:=true"]
     command = [sys.executable, "-m", "perception_fm.nodes.depth_node", "--ros-args", "-p", f"model:={model}",
                "-p", f"process_res:={process_res}", "-p", f"device:={device}", "-p", "input_qos:=reliable",
-               "-r", "image:=/bench/image", *weight_args]
+               "-p", "publish_stage_times:=true", "-r", "image:=/bench/image", *weight_args]
     node = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    harness = _Harness(frames)
+    harness = _Harness(frames, stage_times_topic="/depth_node/stage_times")
     try:
         if not harness.wait_ready(300):
             raise RuntimeError("the depth node produced no output within 300 s")
@@ -163,7 +192,8 @@ def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15
             result = harness.run(rate, seconds)
             sweep.append(result)
             print(f"  {rate:5.1f} Hz: {result['processed']}/{result['sent']} frames, "
-                  f"drops {100 * result['drop_ratio']:.0f} %, latency p50 {result['p50_ms']:.0f} ms", flush=True)
+                  f"drops {100 * result['drop_ratio']:.0f} %, latency p50 {result['p50_ms']:.0f} ms, "
+                  f"overhead p50 {result['overhead']['p50_ms']:.1f} ms", flush=True)
         sustained = [r["rate_hz"] for r in sweep if r["drop_ratio"] < 0.05]
         latency = harness.run(latency_rate, seconds)
     finally:
@@ -171,8 +201,24 @@ def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15
         node.terminate()
         node.wait(timeout=20)
     return {"node": "depth_node", "model": model, "process_res": process_res, "weights": weights or "random-init",
+            "image": f"{frames[0].shape[1]}x{frames[0].shape[0]} rgb8",
+            "fastdds_builtin_transports": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", ""),
+            "ros_automatic_discovery_range": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", ""),
+            "load_average_1min": round(os.getloadavg()[0], 1),
             "peak_throughput_hz": max(sustained) if sustained else 0.0, "sweep": sweep,
             "latency_at_rate": latency}
+
+
+def stage_table(result: dict) -> str:
+    """The per-stage split of one run as printed lines (p50 / p95 ms)."""
+    stages = result.get("stages")
+    if not stages:
+        return "  (no stage times: the node did not publish ~/stage_times)"
+    lines = [f"  {name:<12} p50 {value['p50_ms']:7.2f}  p95 {value['p95_ms']:7.2f} ms" for name, value in stages.items()]
+    excluded = result["overhead_excl_queue"]
+    lines.append(f"  overhead (latency - prepare - predict - queue): p50 {excluded['p50_ms']:.2f} "
+                 f"p95 {excluded['p95_ms']:.2f} ms")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -194,6 +240,13 @@ def main(argv=None) -> int:
           f"{result['peak_throughput_hz']:.1f} Hz (< 5 % drops); at {latency['rate_hz']:.0f} Hz input: "
           f"latency p50 {latency['p50_ms']:.0f} ms p95 {latency['p95_ms']:.0f} ms, node overhead p50 "
           f"{latency['overhead']['p50_ms']:.1f} ms, drops {100 * latency['drop_ratio']:.0f} %")
+    print(f"stages at {latency['rate_hz']:.0f} Hz ({result['image']}, FASTDDS_BUILTIN_TRANSPORTS="
+          f"{result['fastdds_builtin_transports'] or 'unset'}, load average {result['load_average_1min']}):")
+    print(stage_table(latency))
+    if result["sweep"]:
+        slowest = result["sweep"][0]
+        print(f"stages at {slowest['rate_hz']:g} Hz:")
+        print(stage_table(slowest))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(result, handle, indent=2)

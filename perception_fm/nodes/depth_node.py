@@ -21,6 +21,7 @@ if __name__ == "__main__":  # python -m: stop quietly on SIGINT/SIGTERM from her
 
 import time
 
+from diagnostic_msgs.msg import DiagnosticArray
 from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
@@ -64,6 +65,7 @@ class DepthNode(ModelNode):
             "camera_info": self.create_publisher(CameraInfo, depth_io.TOPIC_DEPTH_CAMERA_INFO, output_qos),
             "points": self.create_publisher(PointCloud2, depth_io.TOPIC_POINTS, output_qos),
             "path": self.create_publisher(Path, depth_io.TOPIC_PATH, output_qos),
+            "stage_times": self.create_publisher(DiagnosticArray, "~/stage_times", output_qos),
         }
         self._tf_publisher = TfPublisher(self)
         self._tf_listener = self.create_tf_listener()  # its rejects are counted on /diagnostics
@@ -86,8 +88,13 @@ class DepthNode(ModelNode):
     def process(self, paired) -> float:
         if self._rig is not None:  # a group of the rig's frames
             return self._rig.process(paired)
+        taken_ns = live_clock()  # the clock of paired.arrived_ns / released_ns
         output, messages = self.handler.handle(paired.frame, paired.inputs[depth_io.CAMERA_INFO])
+        encoded_ns = live_clock()
         self._publish(messages)
+        if self.values["publish_stage_times"]:
+            self._outputs["stage_times"].publish(
+                depth_io.stage_times_message(paired, output, taken_ns, encoded_ns, live_clock()))
         return output.inference_ms
 
     def _lookup(self, target: str, source: str, stamp_ns: int, wait: bool):

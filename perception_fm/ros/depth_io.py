@@ -5,11 +5,13 @@ both feed `depth_pairer` (images wait for the camera_info of their stamp) and ha
 `DepthFrameHandler.handle`."""
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import TransformStamped
 from nav_msgs.msg import Path
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -22,6 +24,7 @@ from perception_fm.pipelines.depth_pipeline import DepthInput, DepthOutput, Dept
 from perception_fm.ros.camera_info import camera_info_to_intrinsics, check_image_size, make_camera_info
 from perception_fm.ros.cloud_codec import xyzrgb_to_pointcloud2
 from perception_fm.ros.image_codec import compressed_to_rgb8, image_to_rgb8, numpy_to_image
+from perception_fm.ros.pairing import live_clock
 from perception_fm.ros.qos import PROFILES
 from perception_fm.ros.tf import make_pose_stamped, make_transform, stamp_to_ns
 
@@ -73,6 +76,10 @@ DEPTH_PARAMS = (
     Param("output_qos", "reliable", "QoS of the published topics.", choices=PROFILES, read_only=True),
     Param("publish_confidence", True, "Publish depth/confidence when the model predicts it."),
     Param("publish_points", True, "Publish the point cloud."),
+    Param("publish_stage_times", False, "Publish each frame's milliseconds per stage (receive, pairing, queue, "
+                                        "decode, prepare, predict, postprocess, encode, publish) on ~/stage_times "
+                                        "(diagnostic_msgs/DiagnosticArray stamped like the image); what "
+                                        "`perception-fm bench node` reads."),
     *IMAGE_PARAMS,
 )
 # passed to the model: a change reloads it
@@ -171,6 +178,36 @@ def depth_messages(output: DepthOutput, header: Header, frames: DepthFrames, *, 
     )
 
 
+# The stages of one frame in a live node, in order; `predict` is the model's own time.
+STAGES = ("receive", "pairing", "queue", "decode", "prepare", "predict", "postprocess", "encode", "publish")
+
+
+def stage_times_message(paired, output: DepthOutput, taken_ns: int, encoded_ns: int, published_ns: int,
+                        now: tuple[int, int] | None = None) -> DiagnosticArray:
+    """One frame's milliseconds per stage (STAGES) as a DiagnosticArray stamped with the image's header.
+    `paired` is the pairer's release (arrived_ns, released_ns on the live_clock); `taken_ns` (the worker took
+    it), `encoded_ns` (messages built), `published_ns` (all published) are live_clock too. receive = the image's
+    stamp to its callback: transport plus the executor's delay when the publisher stamps at publish time (a
+    camera stamps at exposure, so there it includes the driver's latency too). `now`: (live_clock, wall clock)
+    in ns read together (default: now), to place the arrival on the stamps' clock."""
+    now_live, now_wall = (live_clock(), time.time_ns()) if now is None else now
+    arrived_wall = now_wall - (now_live - paired.arrived_ns)
+    header = paired.frame.header
+    ms = {
+        "receive": (arrived_wall - stamp_to_ns(header.stamp)) / 1e6,
+        "pairing": (paired.released_ns - paired.arrived_ns) / 1e6,
+        "queue": (taken_ns - paired.released_ns) / 1e6,
+        **{name: output.timings_ms.get(name, 0.0) for name in ("decode", "prepare", "predict", "postprocess",
+                                                                "encode")},
+        "publish": (published_ns - encoded_ns) / 1e6,
+    }
+    message = DiagnosticArray()
+    message.header = header
+    message.status = [DiagnosticStatus(name="stage_ms", values=[KeyValue(key=name, value=f"{ms[name]:.4f}")
+                                                                 for name in STAGES])]
+    return message
+
+
 def attach_transform(frames: DepthFrames, image_frame: str, stamp) -> TransformStamped:
     """Identity estimated_frame → image frame: makes clouds/depth in the image's optical frame displayable
     under world_frame when nothing else gives the image frame a parent (camera-only streams and bags)."""
@@ -200,6 +237,7 @@ class DepthFrameHandler:
 
     def handle(self, message, camera_info: CameraInfo | None) -> tuple[DepthOutput, DepthMessages]:
         """Raises BadInputError for messages that cannot be processed (the caller counts the drop)."""
+        started = time.perf_counter()
         header = message.header
         limit = self.values["max_image_pixels"]
         rgb = compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) \
@@ -213,13 +251,17 @@ class DepthFrameHandler:
         known = self._lookup(self.values["known_pose_frame"], header.frame_id, stamp_ns, wait=True)
         if self.values["known_pose_frame"] and known is None:
             self._on_event("no_known_pose")
+        decoded = time.perf_counter()
         output = self.pipeline.process(DepthInput(rgb, stamp_ns, intrinsics, known))
+        processed = time.perf_counter()
         if output.new_sequence:
             self.path_builder.clear()
             self._anchored = False
         messages = depth_messages(output, header, self.frames, model=self.model.name, weights=self.model.weights,
                                   path_builder=self.path_builder)
         messages.static_transforms = self._static_transforms(output, header)
+        # decode includes the camera_info check and the known-pose lookup (which may wait for TF)
+        output.timings_ms.update(decode=(decoded - started) * 1e3, encode=(time.perf_counter() - processed) * 1e3)
         return output, messages
 
     def _lookup(self, target: str, source: str, stamp_ns: int, wait: bool):
