@@ -45,8 +45,12 @@ if [ "$dry_run" = 0 ]; then
       --no-warn-script-location --disable-pip-version-check --prefix "$prefix" .whl/*.whl; then
     echo "warning: the wheel install failed; the steps that need those packages will say so"
   fi
-  site=$("$python" -c "import sysconfig, sys; print(sysconfig.get_path('purelib', vars={'base': sys.argv[1], \
+  # where pip put the Python packages (lib/python3.X/site-packages under the prefix; found, not assumed)
+  site=$(dirname "$(find "$prefix" -maxdepth 5 -type d -name rclpy -path '*-packages/*' 2>/dev/null | head -1)")
+  if [ "$site" = "." ]; then
+    site=$("$python" -c "import sysconfig, sys; print(sysconfig.get_path('purelib', vars={'base': sys.argv[1], \
 'platbase': sys.argv[1]}))" "$prefix")
+  fi
   ros_libs=$(ls -d "$site"/ros_*.libs 2>/dev/null | paste -sd: -)
   export PYTHONPATH="$root:$site${PYTHONPATH#"$root"}"
   export LD_LIBRARY_PATH="$prefix/lib${ros_libs:+:$ros_libs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -201,7 +201,7 @@ def gpu_table(results_dir: Path) -> str:
     lines.append("")
     if checks:
         lines.append("GPU figures from " + ", ".join(
-            f"`{path.resolve().relative_to(REPO).as_posix()}` ({check['date']})" for _, path, check in checks)
+            f"`bench/results/{path.name}` ({check['date']})" for _, path, check in checks)
             + " (random weights, the real architectures).")
     else:
         lines.append("No GPU result file yet: `bash scripts/device_check.sh` on a lent GPU writes "

@@ -62,13 +62,13 @@ def _tests_rows(step: dict) -> list[tuple[str, str]]:
     figures = step.get("figures", {})
     counts = figures.get("counts")
     if not counts:
-        return [("CUDA tests (pytest) and CUDA variants of the DA3 / SAM 3 plugin tests", _step_note(step) or
+        return [("1. CUDA tests: pytest, with the CUDA variants of the DA3 / SAM 3 plugin tests", _step_note(step) or
                  "no counts recorded")]
     figure = ", ".join(f"{counts[k]} {k}" for k in ("passed", "failed", "errors", "skipped") if counts.get(k))
     failed = [t["test"] for t in figures.get("tests", []) if t["outcome"] in ("failed", "error")]
     if failed:
         figure += "; failing: " + ", ".join(failed[:6]) + (" ..." if len(failed) > 6 else "")
-    return [("CUDA tests (pytest) and CUDA variants of the DA3 / SAM 3 plugin tests", figure or "none ran")]
+    return [("1. CUDA tests: pytest, with the CUDA variants of the DA3 / SAM 3 plugin tests", figure or "none ran")]
 
 
 def _da3_rows(step: dict, title: str) -> list[tuple[str, str]]:
