@@ -76,31 +76,88 @@ def bench_upstream(model, images: list[np.ndarray], views: int, iterations: int,
     return _summary(samples)
 
 
-def run(variants, resolutions, windows, iterations: int, device: str, upstream: bool) -> list[dict]:
+BACKENDS = ("torch", "onnx", "compile")
+
+
+def create_model(backend: str, variant: str, process_res: int, device: str = "auto", onnx_providers: str = "auto",
+                 onnx_cache_dir: str | None = None, manager: PluginManager | None = None):
+    """`variant` (e.g. "da3-small") with random weights, the same values whatever the backend: "torch" (the
+    PyTorch plugin, eager), "compile" (the same with torch.compile) or "onnx" (perception_fm.plugins.da3_onnx:
+    ONNX Runtime on `onnx_providers`; graphs exported on first use into `onnx_cache_dir`)."""
+    manager = manager or PluginManager(entry_points=False)
+    extra = {"process_res": process_res}
+    name = variant
+    if backend == "compile":
+        extra["compile"] = "default"
+    elif backend == "onnx":
+        name = variant + "-onnx"
+        extra.update(onnx_providers=onnx_providers, onnx_cache_dir=onnx_cache_dir)
+    elif backend != "torch":
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return manager.create(Task.DEPTH, name, ModelOptions(random_weights=True, device=device, extra=extra))
+
+
+def _first_depth(model, images: list[np.ndarray], views: int) -> np.ndarray:
+    K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+    return model.predict([model.prepare(image, K) for image in images[:views]], dense_views=[-1]).depth[0]
+
+
+def run(variants, resolutions, windows, iterations: int, device: str, upstream: bool,
+        backends=("torch",), onnx_providers: str = "auto", onnx_cache_dir: str | None = None) -> list[dict]:
+    """One row per variant, resolution, window and backend; every backend of a (variant, resolution) runs the
+    same random weights on the same frames, and rows of other backends carry their speed relative to torch's."""
     import torch
 
     manager = PluginManager(entry_points=False)
     images = sample_frames(max(max(windows), 4))
+    backends = sorted(backends, key=lambda backend: backend != "torch")  # torch first: the others' reference
     rows = []
     for variant in variants:
         for process_res in resolutions:
-            model = manager.create(Task.DEPTH, variant, ModelOptions(
-                random_weights=True, device=device, extra={"process_res": process_res}))
+            models, setup_s = {}, {}
+            for backend in backends:
+                started = time.perf_counter()
+                models[backend] = create_model(backend, variant, process_res, device, onnx_providers,
+                                               onnx_cache_dir, manager)
+                setup_s[backend] = time.perf_counter() - started
             for views in windows:
-                if views > 1 and not model.capabilities.multi_view:
+                if views > 1 and not models[backends[0]].capabilities.multi_view:
                     continue
-                if model.device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
-                row = {"variant": variant, "device": model.device, "process_res": process_res, "views": views,
-                       "size": list(model.prepare(images[0]).size), "ours": bench_ours(model, images, views, iterations)}
-                row["peak_memory_mb"] = _peak_memory_mb(model.device)
-                if upstream:
-                    row["upstream"] = bench_upstream(model, images, views, iterations, process_res)
-                    if "p50_ms" in row["upstream"]:
-                        row["speedup"] = row["upstream"]["p50_ms"] / row["ours"]["p50_ms"]
-                rows.append(row)
-                print(_format(row), flush=True)
-            del model
+                reference_depth = None
+                for backend, model in models.items():
+                    if model.device.startswith("cuda"):
+                        torch.cuda.reset_peak_memory_stats()
+                    # The first call at this window pays the one-off work (ONNX export or cache load, torch.compile
+                    # tracing and code generation): reported apart as first_call_s, not in the timings.
+                    started = time.perf_counter()
+                    depth = _first_depth(model, images, views)
+                    first_call_s = time.perf_counter() - started
+                    row = {"variant": variant, "backend": backend, "device": model.device, "process_res": process_res,
+                           "views": views, "size": list(model.prepare(images[0]).size),
+                           "setup_s": setup_s[backend], "first_call_s": first_call_s}
+                    if backend == "onnx":
+                        row["providers"] = list(model.providers)
+                    if backend == "compile":  # recompiles as RoPE's caches fill: a few more calls before timing
+                        for _ in range(3):
+                            _first_depth(model, images, views)
+                    row["ours"] = bench_ours(model, images, views, iterations)
+                    row["peak_memory_mb"] = _peak_memory_mb(model.device)
+                    if reference_depth is None:
+                        reference_depth = depth
+                    else:  # same weights and frames: how far this backend's depth is from the first backend's
+                        row["depth_relative_difference"] = float(
+                            np.abs(depth - reference_depth).max() / np.abs(reference_depth).max())
+                    torch_row = next((r for r in rows if r["backend"] == "torch" and r["variant"] == variant
+                                      and r["process_res"] == process_res and r["views"] == views), None)
+                    if torch_row is not None and backend != "torch":
+                        row["speedup_vs_torch"] = torch_row["ours"]["p50_ms"] / row["ours"]["p50_ms"]
+                    if upstream and backend == "torch":
+                        row["upstream"] = bench_upstream(model, images, views, iterations, process_res)
+                        if "p50_ms" in row["upstream"]:
+                            row["speedup"] = row["upstream"]["p50_ms"] / row["ours"]["p50_ms"]
+                    rows.append(row)
+                    print(_format(row), flush=True)
+            del models
             if device.startswith("cuda") or torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return rows
@@ -108,9 +165,13 @@ def run(variants, resolutions, windows, iterations: int, device: str, upstream: 
 
 def _format(row: dict) -> str:
     ours = row["ours"]
-    text = (f"{row['variant']:<22} {row['device']:<6} res {row['process_res']:>4} ({row['size'][1]}x{row['size'][0]}) "
-            f"views {row['views']:>2}  ours p50 {ours['p50_ms']:8.1f} ms p95 {ours['p95_ms']:8.1f} ms "
-            f"{ours['fps']:6.2f} fps  peak {row['peak_memory_mb']:8.0f} MB")
+    text = (f"{row['variant']:<22} {row.get('backend', 'torch'):<7} {row['device']:<6} res {row['process_res']:>4} "
+            f"({row['size'][1]}x{row['size'][0]}) views {row['views']:>2}  p50 {ours['p50_ms']:8.1f} ms "
+            f"p95 {ours['p95_ms']:8.1f} ms {ours['fps']:6.2f} fps  peak {row['peak_memory_mb']:8.0f} MB")
+    if "speedup_vs_torch" in row:
+        ratio = row["speedup_vs_torch"]
+        text += (f"  vs torch x{ratio:.2f} ({'faster' if ratio > 1 else 'slower'}; depth rel. diff "
+                 f"{row['depth_relative_difference']:.1e}; first call {row['first_call_s']:.1f} s)")
     upstream = row.get("upstream")
     if upstream and "p50_ms" in upstream:
         text += f"  upstream p50 {upstream['p50_ms']:8.1f} ms  ratio x{row['speedup']:.2f}"
@@ -131,12 +192,20 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=20 if gpu else 3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-upstream", action="store_true", help="skip upstream's inference path")
+    parser.add_argument("--backend", default="torch",
+                        help=f"comma-separated backends measured side by side on the same weights: {', '.join(BACKENDS)} "
+                             "(compile = torch.compile; onnx = ONNX Runtime, graphs exported on first use)")
+    parser.add_argument("--onnx-providers", default="auto", help="ONNX Runtime providers for --backend onnx")
+    parser.add_argument("--onnx-cache", default=None, help="export cache directory for --backend onnx "
+                                                           "(default ~/.cache/perception_fm/da3_onnx)")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)
     if not gpu:
         print("no CUDA device: CPU figures with small defaults (use --variants/--resolutions for more)")
     rows = run([v for v in args.variants.split(",") if v], [int(r) for r in args.resolutions.split(",")],
-               [int(v) for v in args.views.split(",")], args.iterations, args.device, not args.no_upstream)
+               [int(v) for v in args.views.split(",")], args.iterations, args.device, not args.no_upstream,
+               backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()),
+               onnx_providers=args.onnx_providers, onnx_cache_dir=args.onnx_cache)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

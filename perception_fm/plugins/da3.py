@@ -358,6 +358,32 @@ def estimate_memory(task, name, options, workload):
                  + (f", {str(amp).replace('torch.', '')} autocast" if amp is not None else ""))
 
 
+# torch.compile of the network (option "compile"): off by default, so that the default path is upstream's eager
+# network; a mode name (or true = "default") compiles the backbones and heads in place on first use.
+COMPILE_OFF = "off"
+COMPILE_MODES = (COMPILE_OFF, "default", "reduce-overhead", "max-autotune")
+
+
+def compile_mode(value) -> str:
+    """The "compile" option as one of COMPILE_MODES (booleans and "true"/"false" accepted)."""
+    text = str(value).strip().lower()
+    aliases = {"true": "default", "on": "default", "false": COMPILE_OFF, "none": COMPILE_OFF, "": COMPILE_OFF}
+    text = aliases.get(text, text)
+    if text not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of {COMPILE_MODES} (or true/false), got {value!r}")
+    return text
+
+
+def compile_network(net, mode: str) -> None:
+    """torch.compile every DA3 backbone and head in `net` in place (nn.Module.compile: the state-dict keys
+    stay as they are). Both pose paths call these two modules; the rest (camera encoder/decoder, the nested
+    net's alignment) is small or data-dependent."""
+    for module in net.modules():
+        if hasattr(module, "backbone") and hasattr(module, "head"):
+            module.backbone.compile(mode=mode)
+            module.head.compile(mode=mode)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # The model
 
@@ -367,7 +393,7 @@ class Da3DepthModel:
 
     def __init__(self, variant: Da3Variant, net, *, weights: str, device: str, process_res: int = 504,
                  pose_method: str = POSE_CAMERA_HEAD, precision: str = "auto", resize: str = RESIZE_UPSTREAM,
-                 ref_view_strategy: str = DEFAULT_REF_VIEW_STRATEGY):
+                 ref_view_strategy: str = DEFAULT_REF_VIEW_STRATEGY, compile: str | bool = COMPILE_OFF):
         import torch
 
         self.variant = variant
@@ -388,6 +414,9 @@ class Da3DepthModel:
         self.net = net.to(device).eval()
         self._amp_dtype = self._choose_precision(precision)
         cast_backbones(self.net, precision, self._amp_dtype)
+        self.compile_mode = compile_mode(compile)
+        if self.compile_mode != COMPILE_OFF:
+            compile_network(self.net, self.compile_mode)
         self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1)
         self._std = torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1)
 
@@ -417,6 +446,7 @@ class Da3DepthModel:
             precision=str(extra.get("precision", "auto")),
             resize=str(extra.get("resize", RESIZE_UPSTREAM)),
             ref_view_strategy=str(extra.get("ref_view_strategy", DEFAULT_REF_VIEW_STRATEGY)),
+            compile=extra.get("compile", COMPILE_OFF),
         )
 
     def _choose_precision(self, precision: str):
