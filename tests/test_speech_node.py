@@ -346,6 +346,10 @@ class InputStream:
         self.thread = threading.Thread(target=self.play, daemon=True)
 
     def play(self):
+        # the test says when: once the node listens (is active) and its outputs reach the probe
+        while not os.path.exists(os.environ["STUB_MICROPHONE_GO"]):
+            if self.stopped.wait(0.01):
+                return
         for start in range(0, AUDIO.size - self.blocksize + 1, self.blocksize):
             if self.stopped.is_set():
                 return
@@ -369,12 +373,16 @@ def test_microphone_audio_reaches_the_listener(probe, tmp_path, monkeypatch):
     stub_sounddevice(tmp_path, MICROPHONE_STUB)
     np.save(tmp_path / "audio.npy", np.concatenate(beeps(2)))
     monkeypatch.setenv("STUB_MICROPHONE_AUDIO", str(tmp_path / "audio.npy"))
+    monkeypatch.setenv("STUB_MICROPHONE_GO", str(tmp_path / "go"))
     node = start_with_stub(monkeypatch, tmp_path, "-p", "source:=microphone")
 
     def processed_two():
         assert node.poll() is None, "the node process died:\n" + stop_node(node)
         return (diagnostics_values(probe, "speech_node") or {}).get("processed") == "2"
     try:
+        wait_ready(probe, node, timeout=120)  # active: listening to the microphone
+        probe.wait_until(lambda: probe.node.count_publishers("/test/transcript") > 0, 60, "transcript publisher seen")
+        (tmp_path / "go").touch()
         probe.wait_until(processed_two, 120, "two utterances from the microphone processed")
         assert len(probe.received("/test/transcript")) == 2
     finally:

@@ -83,10 +83,10 @@ class SpeechNode(ModelNode):
         if self.values["source"] == "microphone":
             self._microphone = MicrophoneSource(self.feed_audio, device=self.values["microphone_device"],
                                                 sample_rate=self.values["microphone_rate"])
+            # opened once now so that a missing PortAudio or device ends the process at start (exit 1), then
+            # closed: the node listens only while active (inputs_opened)
             self._microphone.start()  # MicrophoneError: sounddevice/PortAudio missing, no device, ...
-            self._microphone_open = True  # its audio is ignored until the node is active (feed_audio)
-            self.get_logger().info(f"listening to microphone {self.values['microphone_device'] or '(default)'} "
-                                   f"at {self._microphone.sample_rate} Hz")
+            self._microphone.stop()
         else:
             self.create_subscription(AudioData, TOPIC_AUDIO, self._on_audio,
                                      qos_profile(self.values["input_qos"], depth=AUDIO_QUEUE_DEPTH))
@@ -153,10 +153,12 @@ class SpeechNode(ModelNode):
         return heard.inference_ms
 
     def inputs_opened(self) -> None:
-        """Activate: the microphone (opened at start, to fail early) opens again after a deactivate."""
+        """Activate: the microphone opens (it was opened and closed at start, to fail early)."""
         if self._microphone is not None and not self._microphone_open:
             self._microphone.start()  # MicrophoneError: activate fails, the node stays inactive
             self._microphone_open = True
+            self.get_logger().info(f"listening to microphone {self.values['microphone_device'] or '(default)'} "
+                                   f"at {self._microphone.sample_rate} Hz")
 
     def inputs_closed(self) -> None:
         """Deactivate: the device is released, and an utterance cut short is not finished later."""
