@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, PointCloud2
 
 from perception_fm.core.stamp_pairing import Paired
 from perception_fm.pipelines.depth_pipeline import DepthOutput
@@ -62,6 +62,27 @@ def test_the_frame_handler_times_decode_and_encode():
     assert messages.depth.width == FRAMES[0].rgb.shape[1]
 
 
+def test_without_cloud_the_handler_skips_only_the_cloud():
+    """What the node does while nobody subscribes to /points: no cloud computed or built, every other output
+    bit for bit what it is with the cloud."""
+    from test_depth_pipeline import FRAMES, ScriptedRelativeModel
+
+    from perception_fm.nodes.params import MODEL_PARAMS
+    from perception_fm.ros.camera_info import make_camera_info
+
+    values = {param.name: param.default for param in MODEL_PARAMS + depth_io.DEPTH_PARAMS}
+    image = numpy_to_image(FRAMES[0].rgb, "rgb8")
+    info = make_camera_info(FRAMES[0].K, FRAMES[0].rgb.shape[1], FRAMES[0].rgb.shape[0])
+    with_cloud = depth_io.DepthFrameHandler(ScriptedRelativeModel(), values).handle(image, info)
+    without = depth_io.DepthFrameHandler(ScriptedRelativeModel(), values).handle(image, info, cloud=False)
+    assert with_cloud[1].points is not None and with_cloud[1].points.width == FRAMES[0].rgb.shape[0] * FRAMES[0].rgb.shape[1]
+    assert without[1].points is None and without[0].points.shape == (0, 3)
+    without[1].info.inference_ms = with_cloud[1].info.inference_ms  # a time, not an output
+    for name in ("depth", "confidence", "camera_info", "info"):
+        assert getattr(without[1], name) == getattr(with_cloud[1], name), name
+    assert without[0].depth.tobytes() == with_cloud[0].depth.tobytes()
+
+
 def _transport_setting(**environ) -> str:
     env = {key: value for key, value in os.environ.items()
            if key not in ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")}
@@ -92,6 +113,7 @@ def test_depth_node_publishes_each_frames_stage_times(da3_small_checkpoint):
     probe = Probe()
     probe.record(DiagnosticArray, "/depth_node/stage_times")
     probe.record(DepthInfo, "/depth/info")
+    probe.record(PointCloud2, "/points")  # subscribed before the node starts: the node builds clouds
     probe.record(DiagnosticArray, "/diagnostics")
     node = start_node("perception_fm.nodes.depth_node", "-p", f"weights:={da3_small_checkpoint}",
                       "-p", "process_res:=56", "-p", "input_qos:=reliable", "-p", "publish_stage_times:=true",
@@ -116,6 +138,7 @@ def test_depth_node_publishes_each_frames_stage_times(da3_small_checkpoint):
         assert list(values) == list(depth_io.STAGES)
         assert all(values[name] >= 0 for name in depth_io.STAGES if name != "receive")  # receive: stamp is old
         assert values["prepare"] + values["predict"] == pytest.approx(info.inference_ms, rel=1e-3, abs=0.01)
+        assert probe.wait_for("/points", same).width == 42 * 56
     finally:
         stop_node(node)
         probe.close()

@@ -43,12 +43,14 @@ class _Harness:
     """A probe node in this process publishing images and timing the node's depth outputs."""
 
     def __init__(self, frames, output_type=None, output_topic: str = "/depth/info", camera_info: bool = False,
-                 diagnostics: bool = False, stage_times_topic: str = ""):
+                 diagnostics: bool = False, stage_times_topic: str = "", also_subscribe=()):
         """`output_type` on `output_topic` (default DepthInfo on /depth/info) is the node's per-frame output; it
         must carry the input's header stamp and an `inference_ms`. With `camera_info`, a CameraInfo (the sample's
         K) goes to /bench/camera_info before each image, with its stamp. With `diagnostics`, the latest
         /diagnostics key/values of each status are kept in self.diagnostics (status name -> dict). With
-        `stage_times_topic`, the node's per-frame stage times (depth_io.stage_times_message) are kept by stamp."""
+        `stage_times_topic`, the node's per-frame stage times (depth_io.stage_times_message) are kept by stamp.
+        `also_subscribe`: (type, topic) pairs subscribed to and counted in self.counts, as a viewer would (a
+        node builds some outputs only while they have subscribers)."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.context import Context
@@ -79,6 +81,11 @@ class _Harness:
         self.diagnostics: dict[str, dict] = {}
         self.diagnostics_received = 0
         self.stages: dict[int, dict[str, float]] = {}  # stamp -> the node's ms per stage (stage_times_topic)
+        self.counts: dict[str, int] = {}
+        for msg_type, topic in also_subscribe:
+            self.counts[topic] = 0
+            self.node.create_subscription(msg_type, topic, lambda _, topic=topic: self._count(topic),
+                                          QoSProfile(depth=10))
         if stage_times_topic:
             self.node.create_subscription(DiagnosticArray, stage_times_topic, self._on_stage_times,
                                           QoSProfile(depth=100))
@@ -100,6 +107,10 @@ class _Harness:
             for status in message.status:
                 self.diagnostics[status.name] = {kv.key: kv.value for kv in status.values}
             self.diagnostics_received += 1
+
+    def _count(self, topic: str) -> None:
+        with self.lock:
+            self.counts[topic] += 1
 
     def _on_stage_times(self, message):
         stamp = message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
@@ -174,7 +185,11 @@ class _Harness:
 
 
 def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15, 20, 30), seconds: float = 5.0,
-        latency_rate: float = 30.0, weights: str = "", device: str = "auto") -> dict:
+        latency_rate: float = 30.0, weights: str = "", device: str = "auto", all_outputs: bool = False) -> dict:
+    """`all_outputs`: subscribe to depth, confidence and points too, as RViz showing them would (the node
+    computes its cloud only while /points has a subscriber)."""
+    from sensor_msgs.msg import Image, PointCloud2
+
     from perception_fm.bench.common import sample_frames
 
     frames = sample_frames(8)
@@ -183,7 +198,8 @@ def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15
                "-p", f"process_res:={process_res}", "-p", f"device:={device}", "-p", "input_qos:=reliable",
                "-p", "publish_stage_times:=true", "-r", "image:=/bench/image", *weight_args]
     node = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    harness = _Harness(frames, stage_times_topic="/depth_node/stage_times")
+    viewer = [(Image, "/depth/image"), (Image, "/depth/confidence"), (PointCloud2, "/points")] if all_outputs else []
+    harness = _Harness(frames, stage_times_topic="/depth_node/stage_times", also_subscribe=viewer)
     try:
         if not harness.wait_ready(300):
             raise RuntimeError("the depth node produced no output within 300 s")
@@ -201,7 +217,7 @@ def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15
         node.terminate()
         node.wait(timeout=20)
     return {"node": "depth_node", "model": model, "process_res": process_res, "weights": weights or "random-init",
-            "image": f"{frames[0].shape[1]}x{frames[0].shape[0]} rgb8",
+            "image": f"{frames[0].shape[1]}x{frames[0].shape[0]} rgb8", "all_outputs_subscribed": all_outputs,
             "fastdds_builtin_transports": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", ""),
             "ros_automatic_discovery_range": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", ""),
             "load_average_1min": round(os.getloadavg()[0], 1),
@@ -231,17 +247,20 @@ def main(argv=None) -> int:
     parser.add_argument("--latency-rate", type=float, default=30.0)
     parser.add_argument("--weights", default="")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--all-outputs", action="store_true",
+                        help="also subscribe to depth, confidence and points (as RViz would): the cloud is built")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = run(args.model, args.process_res, [float(r) for r in args.rates.split(",")], args.seconds,
-                 args.latency_rate, args.weights, args.device)
+                 args.latency_rate, args.weights, args.device, args.all_outputs)
     latency = result["latency_at_rate"]
     print(f"{result['node']} {result['model']} res {result['process_res']}: peak throughput "
           f"{result['peak_throughput_hz']:.1f} Hz (< 5 % drops); at {latency['rate_hz']:.0f} Hz input: "
           f"latency p50 {latency['p50_ms']:.0f} ms p95 {latency['p95_ms']:.0f} ms, node overhead p50 "
           f"{latency['overhead']['p50_ms']:.1f} ms, drops {100 * latency['drop_ratio']:.0f} %")
     print(f"stages at {latency['rate_hz']:.0f} Hz ({result['image']}, FASTDDS_BUILTIN_TRANSPORTS="
-          f"{result['fastdds_builtin_transports'] or 'unset'}, load average {result['load_average_1min']}):")
+          f"{result['fastdds_builtin_transports'] or 'unset'}, all outputs subscribed: {result['all_outputs_subscribed']}"
+          f", load average {result['load_average_1min']}):")
     print(stage_table(latency))
     if result["sweep"]:
         slowest = result["sweep"][0]

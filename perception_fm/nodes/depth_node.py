@@ -89,7 +89,10 @@ class DepthNode(ModelNode):
         if self._rig is not None:  # a group of the rig's frames
             return self._rig.process(paired)
         taken_ns = live_clock()  # the clock of paired.arrived_ns / released_ns
-        output, messages = self.handler.handle(paired.frame, paired.inputs[depth_io.CAMERA_INFO])
+        # the cloud is most of the per-frame work besides the model: only while someone subscribes (lazy, as
+        # image_proc's nodes are); a new subscriber gets it from the next frame on
+        cloud = self.values["publish_points"] and self._outputs["points"].get_subscription_count() > 0
+        output, messages = self.handler.handle(paired.frame, paired.inputs[depth_io.CAMERA_INFO], cloud=cloud)
         encoded_ns = live_clock()
         self._publish(messages)
         if self.values["publish_stage_times"]:

@@ -59,7 +59,7 @@ class DepthOutput:
     depth: np.ndarray  # (h, w) float32, published units; +inf where the model saw sky
     confidence: np.ndarray | None  # (h, w) float32
     intrinsics: np.ndarray | None  # K at the depth resolution (known, else predicted)
-    points: np.ndarray  # (M, 3) float32 in the optical frame
+    points: np.ndarray  # (M, 3) float32 in the optical frame; (0, 3) when process() was asked for no cloud
     colors: np.ndarray  # (M, 3) uint8 RGB
     camera_to_world: np.ndarray | None  # estimated pose of the optical frame in the world frame
     is_metric: bool
@@ -117,7 +117,9 @@ class DepthPipeline:
     def keyframes(self) -> int:
         return len(self._keyframes)
 
-    def process(self, frame: DepthInput) -> DepthOutput:
+    def process(self, frame: DepthInput, cloud: bool = True) -> DepthOutput:
+        """`cloud`: compute the point cloud (points, colors); a live node skips it while nobody subscribes to it
+        (its colour resize and back-projection are most of the postprocessing)."""
         started = time.perf_counter()
         if self._last_stamp is not None and frame.stamp_ns < self._last_stamp:
             self.reset()  # a bag restarted or time jumped back: the window no longer describes this stream
@@ -159,7 +161,7 @@ class DepthPipeline:
         K = view.intrinsics
         if K is None and prediction.intrinsics is not None:
             K = prediction.intrinsics[-1]
-        points, colors = self._cloud(frame.image, depth, confidence, K)
+        points, colors = self._cloud(frame.image, depth, confidence, K if cloud else None)
         keyframe = self._update_keyframes(view, camera_to_world, frame, depth)
         new_sequence, self._new_sequence = self._new_sequence, False
         done = time.perf_counter()

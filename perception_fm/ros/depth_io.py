@@ -150,8 +150,9 @@ class PathBuilder:
 
 
 def depth_messages(output: DepthOutput, header: Header, frames: DepthFrames, *, model: str, weights: str,
-                   path_builder: PathBuilder | None = None) -> DepthMessages:
-    """All messages for one frame, stamped with the input image's header (stamp and optical frame_id)."""
+                   path_builder: PathBuilder | None = None, cloud: bool = True) -> DepthMessages:
+    """All messages for one frame, stamped with the input image's header (stamp and optical frame_id); without
+    `cloud`, no points."""
     height, width = output.depth.shape
     info = DepthInfo(
         header=header, model=model, weights=weights, is_metric=output.is_metric, scale_source=output.scale_source,
@@ -160,7 +161,7 @@ def depth_messages(output: DepthOutput, header: Header, frames: DepthFrames, *, 
     )
     camera_info = make_camera_info(output.intrinsics, width, height, header) if output.intrinsics is not None else None
     points = None
-    if output.intrinsics is not None:
+    if output.intrinsics is not None and cloud:
         points = xyzrgb_to_pointcloud2(output.points, output.colors, header)
     transform = path = None
     if output.camera_to_world is not None:
@@ -235,8 +236,9 @@ class DepthFrameHandler:
         self._attached: set[str] = set()
         self._anchored = False
 
-    def handle(self, message, camera_info: CameraInfo | None) -> tuple[DepthOutput, DepthMessages]:
-        """Raises BadInputError for messages that cannot be processed (the caller counts the drop)."""
+    def handle(self, message, camera_info: CameraInfo | None, cloud: bool = True) -> tuple[DepthOutput, DepthMessages]:
+        """Raises BadInputError for messages that cannot be processed (the caller counts the drop). Without
+        `cloud`, the point cloud is neither computed nor built (messages.points is None)."""
         started = time.perf_counter()
         header = message.header
         limit = self.values["max_image_pixels"]
@@ -252,13 +254,13 @@ class DepthFrameHandler:
         if self.values["known_pose_frame"] and known is None:
             self._on_event("no_known_pose")
         decoded = time.perf_counter()
-        output = self.pipeline.process(DepthInput(rgb, stamp_ns, intrinsics, known))
+        output = self.pipeline.process(DepthInput(rgb, stamp_ns, intrinsics, known), cloud=cloud)
         processed = time.perf_counter()
         if output.new_sequence:
             self.path_builder.clear()
             self._anchored = False
         messages = depth_messages(output, header, self.frames, model=self.model.name, weights=self.model.weights,
-                                  path_builder=self.path_builder)
+                                  path_builder=self.path_builder, cloud=cloud)
         messages.static_transforms = self._static_transforms(output, header)
         # decode includes the camera_info check and the known-pose lookup (which may wait for TF)
         output.timings_ms.update(decode=(decoded - started) * 1e3, encode=(time.perf_counter() - processed) * 1e3)
