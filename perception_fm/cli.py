@@ -222,6 +222,8 @@ def cmd_sample(args) -> int:
     argv = [args.out, "--frames", str(args.frames), "--width", str(args.width), "--height", str(args.height)]
     if args.force:
         argv.append("--force")
+    if args.rig > 1:  # a camera rig: per-camera topics, extrinsics on /tf_static
+        argv += ["--rig", str(args.rig), "--baseline", str(args.baseline)]
     return synthetic.main(argv) or 0
 
 
@@ -283,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--width", type=int, default=320)
     sample.add_argument("--height", type=int, default=240)
     sample.add_argument("--force", action="store_true")
+    sample.add_argument("--rig", type=int, default=1, help="cameras: 1 = the single camera; 2-3 = a rig")
+    sample.add_argument("--baseline", type=float, default=0.3, help="rig baseline (m) between cameras 0 and 1")
     sample.set_defaults(func=cmd_sample)
 
     sub.add_parser("eval", help="evaluate an output bag against ground truth (metrics + HTML report); "

@@ -90,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perception_fm.eval.runner import evaluate
 
     config = eval_config_from_args(args, parser)
+    from perception_fm.eval.rig import main_rig
+
+    rig = main_rig(args, config)  # a camera rig's bag (/gt/<camera>/depth): per-camera and fused metrics
+    if rig is not None:
+        return rig
     try:
         result = evaluate(args.out_bag, args.gt, config)
     except EvalError as error:

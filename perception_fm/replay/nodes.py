@@ -314,3 +314,13 @@ class SpeechReplay(ReplayNode):
 
 REPLAY_NODES = {"depth_node": DepthReplay, "concept_node": ConceptReplay, "object_mesh_node": ObjectMeshReplay,
                 "body_node": BodyReplay, "speech_node": SpeechReplay}
+
+
+def replay_node(node, tf) -> ReplayNode:
+    """The graph node offline: REPLAY_NODES' class, or a camera rig's (perception_fm.replay.rig_nodes) when the
+    node has `cameras`."""
+    from perception_fm.replay.rig_nodes import RIG_REPLAY_NODES
+
+    if node.executable in RIG_REPLAY_NODES and node.resolved_parameters().get("cameras"):
+        return RIG_REPLAY_NODES[node.executable](node, tf)
+    return REPLAY_NODES[node.executable](node, tf)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from perception_fm.graph import Graph
 from perception_fm.replay.bag_io import BagMessage, BagWriter
 from perception_fm.replay.node_base import Output, ReplayError, ReplayNode
-from perception_fm.replay.nodes import REPLAY_NODES
+from perception_fm.replay.nodes import REPLAY_NODES, replay_node
 from perception_fm.ros.tf import TF_STATIC_TOPIC, TF_TOPIC, TfBuffer
 
 
@@ -41,7 +41,7 @@ class GraphStep:
             if node.executable not in REPLAY_NODES:
                 raise ReplayError(f"node {node.name!r} ({node.executable}) has no offline replay; replayable: "
                                   + ", ".join(REPLAY_NODES))
-            nodes.append(REPLAY_NODES[node.executable](node, tf))
+            nodes.append(replay_node(node, tf))
         self.warnings = [warning for node in nodes for warning in node.check_bag(topics)]
         for node in nodes:
             if node.frame_topic not in topics and not any(node.frame_topic in other.outputs for other in nodes):
