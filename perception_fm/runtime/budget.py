@@ -275,7 +275,8 @@ def node_estimate(config, manager=None) -> NodeEstimate:
     try:
         estimate = manager.estimate_memory(cls.task, model, options, workload)
     except Exception as error:  # a plugin's estimate failing must not stop `up`; the line says so
-        return NodeEstimate(config.name, model, device, None, f"{type(error).__name__}: {error}")
+        first = " ".join(str(error).split()).split(". ")[0].rstrip(".")  # the what, not the how-to-fix
+        return NodeEstimate(config.name, model, device, None, f"{type(error).__name__}: {first}")
     return NodeEstimate(config.name, model, device, estimate, "" if estimate else "no estimate from its plugin")
 
 
@@ -322,8 +323,11 @@ class Budget:
                        f"{activations})")
         for device, (needed, available, total, what) in self.devices.items():
             verdict = "fits" if needed <= available else "DOES NOT FIT"
+            unknown = sum(1 for entry in self.nodes if entry.device == device and entry.estimate is None)
             out.append(f"  {device}: {format_bytes(needed)} needed of {format_bytes(available)} {what} "
-                       f"({format_bytes(total)} total): {verdict}")
+                       f"({format_bytes(total)} total): {verdict}"
+                       + (f" ({unknown} model{'s' if unknown > 1 else ''} without an estimate not counted)"
+                          if unknown else ""))
         return out
 
 
