@@ -221,3 +221,21 @@ def test_auto_providers_follow_the_device():
     assert da3_onnx.choose_providers("auto", "cuda:0", available) == available
     assert da3_onnx.choose_providers("auto", "cuda", [da3_onnx.CPU]) == [da3_onnx.CPU]
     assert da3_onnx.choose_providers(f"{da3_onnx.CUDA}, {da3_onnx.CPU}", "cuda", available) == available[1:]
+
+
+def test_memory_estimate_counts_the_fp32_weights_twice_on_the_cpu():
+    options = ModelOptions(device="cpu", extra={"process_res": PROCESS_RES})
+    onnx = MANAGER.estimate_memory(Task.DEPTH, "da3-small-onnx", options, {"views": 2})
+    eager = MANAGER.estimate_memory(Task.DEPTH, "da3-small", options, {"views": 2})
+    assert onnx.parameter_bytes == 2 * eager.parameter_bytes and onnx.dtype == "float32"
+    assert "ONNX Runtime" in onnx.note
+
+
+def test_compile_switch_is_off_by_default_and_validated(torch_model, da3_small_checkpoint):
+    from perception_fm.plugins import da3
+
+    assert torch_model.compile_mode == "off"
+    assert torch_model.net.backbone._compiled_call_impl is None  # the eager upstream network
+    assert [da3.compile_mode(v) for v in (True, False, "max-autotune")] == ["default", "off", "max-autotune"]
+    with pytest.raises(ValueError, match="compile must be one of"):
+        create("da3-small", da3_small_checkpoint, compile="fastest")

@@ -92,6 +92,27 @@ def register_models() -> list[ModelSpec]:
     ]
 
 
+@hookimpl
+def estimate_memory(task, name, options, workload):
+    """The PyTorch plugin's estimate at fp32 (the exported graphs are fp32), with the weights counted twice on
+    the CPU: ONNX Runtime's copy and the PyTorch network kept for exports. ONNX Runtime's activation arena is
+    not modelled: PyTorch's forward peak stands in for it (the note says so)."""
+    import dataclasses
+
+    if Task(task) is not Task.DEPTH or not name.endswith(SUFFIX):
+        return None
+    base = name[: -len(SUFFIX)]
+    if base not in {variant.name for variant in ANYVIEW_VARIANTS}:
+        return None
+    fp32 = dataclasses.replace(options, extra={**dict(options.extra), "precision": "fp32"})
+    estimate = da3.estimate_memory(task, base, fp32, workload)
+    on_cpu = not str(options.device).startswith("cuda")
+    note = ("weights twice: ONNX Runtime's copy and the PyTorch network kept for exports" if on_cpu else
+            "ONNX Runtime's copy of the weights on the GPU; the PyTorch network (kept for exports) is in host RAM")
+    return dataclasses.replace(estimate, parameter_bytes=estimate.parameter_bytes * (2 if on_cpu else 1),
+                               note=f"{note}; activations: PyTorch's forward peak as a stand-in for ONNX Runtime's")
+
+
 def require_onnx_stack():
     """onnxruntime, or PluginUnavailableError naming the extra that installs the export + runtime stack."""
     missing = []
