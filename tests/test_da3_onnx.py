@@ -93,6 +93,14 @@ def test_second_model_loads_the_cached_graph_without_exporting(onnx_model, one_v
     assert onnx_model.cache.exports == 0 and onnx_model.cache.rebuilds == 0
 
 
+def test_prepare_command_finds_the_cached_graph(da3_small_checkpoint, cache_dir, one_view_key, capsys):
+    assert da3_onnx.main(["--model", "da3-small", "--weights", str(da3_small_checkpoint), "--device", "cpu",
+                          "--process-res", str(PROCESS_RES), "--image-size", "64x48", "--views", "1",
+                          "--cache-dir", str(cache_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert str(da3_onnx.GraphCache(cache_dir).entry(one_view_key)) in printed and "(0 exported, 0 rebuilt)" in printed
+
+
 def test_one_view_matches_pytorch_on_photos(onnx_model, torch_model):
     for image in photos():
         K = intrinsics_for(image)

@@ -392,6 +392,13 @@ class GraphCache:
                 return f"{name} does not match its recorded digest"
         return None
 
+    def _remove_abandoned(self, age_s: float = 24 * 3600.0) -> None:
+        """Delete temporary export directories a killed process left (older than `age_s`: not in progress)."""
+        for staging in self.directory.glob(".*.partial"):
+            with contextlib.suppress(OSError):
+                if time.time() - staging.stat().st_mtime > age_s:
+                    shutil.rmtree(staging, ignore_errors=True)
+
     def discard(self, key: GraphKey, why: str) -> None:
         log.warning("DA3 ONNX cache entry %s (%s) is damaged: %s; deleting and exporting it again",
                     self.entry(key), key.label(), why)
@@ -401,6 +408,7 @@ class GraphCache:
     def build(self, key: GraphKey, net) -> Path:
         """Export `key` into a temporary directory beside the entry, then rename it into place."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._remove_abandoned()
         staging = Path(tempfile.mkdtemp(prefix=f".{key.digest()}.", suffix=".partial", dir=self.directory))
         try:
             started = time.perf_counter()
@@ -592,3 +600,51 @@ class Da3OnnxDepthModel(da3.Da3DepthModel):
             binding.bind_output(output.name, "cpu")  # predict copies every output to the host anyway
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+
+def main(argv=None) -> int:
+    """python -m perception_fm.plugins.da3_onnx: export (or check) the graphs a depth node will use, before it
+    runs, so that no frame waits for an export."""
+    import argparse
+
+    from perception_fm.plugin_manager import PluginManager
+
+    parser = argparse.ArgumentParser(prog="python -m perception_fm.plugins.da3_onnx", description=main.__doc__)
+    parser.add_argument("--model", default="da3-small", help="PyTorch model name (da3-small, -base, -large, -giant)")
+    parser.add_argument("--weights", default="", help="hub id or local directory (default: the model's hub id)")
+    parser.add_argument("--random-weights", action="store_true", help="random weights (benchmarks)")
+    parser.add_argument("--process-res", type=int, default=504)
+    parser.add_argument("--image-size", default="640x480", help="camera image WIDTHxHEIGHT")
+    parser.add_argument("--views", default="1", help="view counts to prepare: N or A-B (a node's 1-window_size)")
+    parser.add_argument("--pose-method", default=POSE_CAMERA_HEAD, choices=(POSE_CAMERA_HEAD, POSE_RAY))
+    parser.add_argument("--known-poses", action="store_true", help="also the known-pose graphs (2+ views)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--providers", default="auto")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--ref-view-strategy", default=da3.DEFAULT_REF_VIEW_STRATEGY, choices=da3.REF_VIEW_STRATEGIES)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    low, high = parse_views(args.views)
+    width, height = (int(v) for v in args.image_size.lower().split("x"))
+    model = PluginManager(entry_points=False).create(Task.DEPTH, args.model + SUFFIX, ModelOptions(
+        weights=args.weights, random_weights=args.random_weights, device=args.device, extra={
+            "process_res": args.process_res, "onnx_views": args.views, "onnx_providers": args.providers,
+            "onnx_cache_dir": args.cache_dir, "pose_method": args.pose_method,
+            "ref_view_strategy": args.ref_view_strategy}))
+    size = da3.processed_size(height, width, model.process_res)
+    views, done = low, set()
+    while views <= high:
+        for conditioned in (False, True) if args.known_poses and views >= 2 else (False,):
+            key = model.graph_key(views, size, model.pose_method == POSE_RAY, conditioned)
+            if key not in done:
+                model.session(key)
+                done.add(key)
+                print(f"ready: {key.label()} in {model.cache.entry(key)}")
+        views = graph_views(views, model.served_views)[1] + 1
+    print(f"{len(done)} graph(s) ready ({model.cache.exports} exported, {model.cache.rebuilds} rebuilt) "
+          f"for providers {model.providers}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
