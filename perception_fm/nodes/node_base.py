@@ -610,7 +610,9 @@ class ModelNode(LifecycleNode):
                 values = {"memory_estimate": f"failed: {type(error).__name__}: {error}"}
             self._memory_values = dict(values) or {"memory_estimate": "none from the model's plugin"}
 
-        threading.Thread(target=estimate, name=f"{self.get_name()}_memory_estimate", daemon=True).start()
+        thread = threading.Thread(target=estimate, name=f"{self.get_name()}_memory_estimate", daemon=True)
+        self._memory_estimate_thread = thread  # inside torch while it runs: worker_busy() counts it
+        thread.start()
 
     def reconfigure_with(self, model) -> None:
         """Build what depends on the model and parameters (e.g. the pipeline); raise ValueError if the
@@ -781,8 +783,11 @@ class ModelNode(LifecycleNode):
         self._diagnostics.publish(message)
 
     def worker_busy(self) -> bool:
-        """True while the worker thread is still running (after destroy_node: it did not stop in time)."""
-        return self._worker.is_alive()
+        """True while the worker thread is still running (after destroy_node: it did not stop in time), or a
+        memory estimate is: both may be inside torch, which interpreter finalisation would tear down under them
+        (SIGABRT, "terminate called without an active exception")."""
+        estimate = getattr(self, "_memory_estimate_thread", None)
+        return self._worker.is_alive() or (estimate is not None and estimate.is_alive())
 
     def destroy_node(self) -> None:
         """The stop handshake: no publish from here on, the worker told to stop and given WORKER_STOP_WAIT_S to
