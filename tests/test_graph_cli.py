@@ -80,7 +80,7 @@ def test_launch_file_builds_the_graph_where_ros2_launch_exists():
     import importlib.util
 
     from launch import LaunchContext
-    from launch_ros.actions import Node
+    from launch_ros.actions import LifecycleNode
 
     spec = importlib.util.spec_from_file_location("perception_launch", ROOT / "launch" / "perception.launch.py")
     module = importlib.util.module_from_spec(spec)
@@ -90,7 +90,7 @@ def test_launch_file_builds_the_graph_where_ros2_launch_exists():
     context.launch_configurations.update({"config": str(ROOT / "config" / "depth.yaml"), "use_sim_time": "true"})
     opaque = next(entity for entity in description.entities if type(entity).__name__ == "OpaqueFunction")
     nodes = opaque.execute(context)
-    assert [type(n) for n in nodes] == [Node]
+    assert [type(n) for n in nodes] == [LifecycleNode]  # managed nodes; the config's node brings itself up
 
 
 # -- every field of a graph config is checked at load: one line naming the node and the field, exit 2 ------
