@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import time
 
@@ -52,6 +53,27 @@ def bench_ours(model, images: list[np.ndarray], views: int, iterations: int) -> 
         model.predict(window + [view], dense_views=[-1])  # returns host arrays: includes the output copy
         samples.append((time.perf_counter() - started) * 1e3)
     return _summary(samples)
+
+
+def bench_interleaved(models: dict, images: list[np.ndarray], views: int, iterations: int) -> dict:
+    """bench_ours for several models at once, their timed calls taken in turn (model A, B, C, A, B, C, ...), so
+    that a change in the machine's load (a shared CI runner) reaches every backend alike."""
+    K = np.array([[525.0, 0, 319.5], [0, 525.0, 239.5], [0, 0, 1]])
+    windows = {}
+    for backend, model in models.items():
+        windows[backend] = [model.prepare(image, K) for image in images[: views - 1]]
+        # warm-up: allocator, kernel selection; torch.compile recompiles while RoPE's caches fill
+        for _ in range(5 if backend == "compile" else 2):
+            model.predict(windows[backend] + [model.prepare(images[-1], K)], dense_views=[-1])
+    samples = {backend: [] for backend in models}
+    for i in range(iterations):
+        for backend, model in models.items():
+            synchronize(model.device)
+            started = time.perf_counter()
+            view = model.prepare(images[i % len(images)], K)
+            model.predict(windows[backend] + [view], dense_views=[-1])
+            samples[backend].append((time.perf_counter() - started) * 1e3)
+    return {backend: _summary(values) for backend, values in samples.items()}
 
 
 def bench_upstream(model, images: list[np.ndarray], views: int, iterations: int, process_res: int) -> dict:
@@ -123,7 +145,7 @@ def run(variants, resolutions, windows, iterations: int, device: str, upstream: 
             for views in windows:
                 if views > 1 and not models[backends[0]].capabilities.multi_view:
                     continue
-                reference_depth = None
+                reference_depth, first_call_s, difference, peak_mb = None, {}, {}, {}
                 for backend, model in models.items():
                     if model.device.startswith("cuda"):
                         torch.cuda.reset_peak_memory_stats()
@@ -131,22 +153,24 @@ def run(variants, resolutions, windows, iterations: int, device: str, upstream: 
                     # tracing and code generation): reported apart as first_call_s, not in the timings.
                     started = time.perf_counter()
                     depth = _first_depth(model, images, views)
-                    first_call_s = time.perf_counter() - started
-                    row = {"variant": variant, "backend": backend, "device": model.device, "process_res": process_res,
-                           "views": views, "size": list(model.prepare(images[0]).size),
-                           "setup_s": setup_s[backend], "first_call_s": first_call_s}
-                    if backend == "onnx":
-                        row["providers"] = list(model.providers)
-                    if backend == "compile":  # recompiles as RoPE's caches fill: a few more calls before timing
-                        for _ in range(3):
-                            _first_depth(model, images, views)
-                    row["ours"] = bench_ours(model, images, views, iterations)
-                    row["peak_memory_mb"] = _peak_memory_mb(model.device)
+                    first_call_s[backend] = time.perf_counter() - started
+                    peak_mb[backend] = _peak_memory_mb(model.device)  # on the CPU: the process's peak so far
                     if reference_depth is None:
                         reference_depth = depth
                     else:  # same weights and frames: how far this backend's depth is from the first backend's
-                        row["depth_relative_difference"] = float(
-                            np.abs(depth - reference_depth).max() / np.abs(reference_depth).max())
+                        difference[backend] = float(np.abs(depth - reference_depth).max()
+                                                    / np.abs(reference_depth).max())
+                timings = bench_interleaved(models, images, views, iterations)
+                for backend, model in models.items():
+                    row = {"variant": variant, "backend": backend, "device": model.device, "process_res": process_res,
+                           "views": views, "size": list(model.prepare(images[0]).size),
+                           "setup_s": setup_s[backend], "first_call_s": first_call_s[backend],
+                           "ours": timings[backend], "peak_memory_mb": peak_mb[backend],
+                           "load_average": round(os.getloadavg()[0], 1)}
+                    if backend == "onnx":
+                        row["providers"] = list(model.providers)
+                    if backend in difference:
+                        row["depth_relative_difference"] = difference[backend]
                     torch_row = next((r for r in rows if r["backend"] == "torch" and r["variant"] == variant
                                       and r["process_res"] == process_res and r["views"] == views), None)
                     if torch_row is not None and backend != "torch":
@@ -193,8 +217,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-upstream", action="store_true", help="skip upstream's inference path")
     parser.add_argument("--backend", default="torch",
-                        help=f"comma-separated backends measured side by side on the same weights: {', '.join(BACKENDS)} "
-                             "(compile = torch.compile; onnx = ONNX Runtime, graphs exported on first use)")
+                        help=f"comma-separated backends measured side by side on the same weights: "
+                             f"{', '.join(BACKENDS)} (compile = torch.compile; onnx = ONNX Runtime, graphs exported "
+                             "on first use)")
     parser.add_argument("--onnx-providers", default="auto", help="ONNX Runtime providers for --backend onnx")
     parser.add_argument("--onnx-cache", default=None, help="export cache directory for --backend onnx "
                                                            "(default ~/.cache/perception_fm/da3_onnx)")
