@@ -129,7 +129,7 @@ def cmd_up(args) -> int:
         if args.dry_run:
             print(" ".join(command))
             return 0
-        return _run_nodes([command], ["perception_fm_container"])
+        return _run_nodes([command], ["perception_fm_container"], managed=_managed_nodes(graph))
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="perception_fm_params_", delete=False) as params:
         params.write(graph.ros_params_yaml())
     commands = [[sys.executable, "-m", node.module, *node.ros_arguments(params.name)] for node in graph.nodes]
@@ -140,7 +140,7 @@ def cmd_up(args) -> int:
         os.unlink(params.name)
         return 0
     try:
-        return _run_nodes(commands, [node.name for node in graph.nodes])
+        return _run_nodes(commands, [node.name for node in graph.nodes], managed=_managed_nodes(graph))
     finally:
         os.unlink(params.name)
 
@@ -148,10 +148,20 @@ def cmd_up(args) -> int:
 NODE_STOP_TIMEOUT_S = 30.0  # a node not gone this long after SIGTERM is killed
 
 
-def _run_nodes(commands: list[list[str]], names: list[str]) -> int:
+def _managed_nodes(graph) -> list[str]:
+    """The nodes `up` brings up itself (their config sets autostart false), fully qualified, in config order."""
+    from perception_fm.nodes.lifecycle_manager import fully_qualified_name
+
+    return [fully_qualified_name(node.name, node.namespace) for node in graph.nodes
+            if not node.resolved_parameters()["autostart"]]
+
+
+def _run_nodes(commands: list[list[str]], names: list[str], managed: list[str] = ()) -> int:
     """Run the node processes until they all end or SIGINT/SIGTERM arrives; then stop each by SIGTERM, kill the
     ones not gone after NODE_STOP_TIMEOUT_S. Returns 0 when every node ended cleanly (exit 0, or stopped by our
-    SIGTERM), else the first failure's exit code (128 + signal for a node killed by a signal)."""
+    SIGTERM), else the first failure's exit code (128 + signal for a node killed by a signal). The `managed`
+    nodes (autostart false) are configured one at a time, then activated, over their lifecycle services
+    (perception_fm.nodes.lifecycle_manager), on a thread of ours."""
     import threading
     import time
 
@@ -166,8 +176,18 @@ def _run_nodes(commands: list[list[str]], names: list[str]) -> int:
         # Own session: a terminal's Ctrl-C reaches `up` alone, and each node is stopped once, by SIGTERM, which a
         # node still importing dies of quietly and a running node handles like SIGINT (node_base.run_node).
         processes.append(subprocess.Popen(command, start_new_session=True))
+    manager = None
+    if managed and not stop.is_set():
+        from perception_fm.nodes.lifecycle_manager import bring_up
+
+        manager = threading.Thread(target=bring_up, args=(list(managed), stop), name="lifecycle_manager",
+                                   daemon=True)
+        manager.start()
     while not stop.is_set() and any(process.poll() is None for process in processes):
         stop.wait(0.2)
+    stop.set()  # every node may have ended on its own: the lifecycle manager stops waiting for them too
+    if manager is not None:
+        manager.join(timeout=NODE_STOP_TIMEOUT_S)  # it sees `stop` within CALL_POLL_S
     stopped = [process for process in processes if process.poll() is None]
     for process in stopped:
         process.send_signal(signal.SIGTERM)

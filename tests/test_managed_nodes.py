@@ -275,3 +275,99 @@ def test_shutdown_finalizes_and_the_process_stops_cleanly(probe, depth):
     assert call(probe, ChangeState, "/depth_node/change_state", request).success
     assert get_state(probe, "depth_node") == "finalized"
     assert depth.poll() is None  # finalized, not gone: stopped by its supervisor like any node
+
+
+# -- `perception-fm up` drives the nodes whose config sets autostart false -------------------------------------
+
+def test_up_configures_and_activates_nodes_with_autostart_false(probe, tmp_path, da3_small_checkpoint):
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tmp_path / "graph.yaml"
+    config.write_text(yaml.safe_dump({"nodes": {"up_depth": {"executable": "depth_node", "parameters": {
+        "weights": str(da3_small_checkpoint), "process_res": 28, "autostart": False},
+        "remappings": {"image": "/up/image", "camera_info": "/up/camera_info"}}}}))
+    log = open(tmp_path / "up.log", "w+")
+    up = subprocess.Popen([sys.executable, "-m", "perception_fm.cli", "up", str(config), "--no-budget"],
+                          stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def active():
+            assert up.poll() is None, "up ended"
+            return "perception-fm up: /up_depth active" in open(tmp_path / "up.log").read()
+        probe.wait_until(active, 120, "up reporting the node active")
+        assert get_state(probe, "up_depth") == "active"
+        images = probe.publisher(Image, "/up/image")
+        probe.wait_until(lambda: images.get_subscription_count() > 0, 60, "the active node subscribed")
+        up.send_signal(signal.SIGINT)
+        up.wait(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        log.seek(0)
+        text = log.read()
+        log.close()
+    assert up.returncode == 0 and "Traceback" not in text, text
+
+
+# -- the other four nodes: each through its whole lifecycle, side by side -------------------------------------
+
+# node -> (its arguments, an input topic it subscribes to only while active)
+OTHER_NODES = {
+    "concept_node": (("-r", "image:=/m4/image", "-r", "concepts:=/m4/concepts"), "/m4/image"),
+    "object_mesh_node": (("-p", "model:=scripted-objects", "-r", "instances:=/m4/om_instances"), "/m4/om_instances"),
+    "body_node": (("-p", "model:=scripted-body", "-r", "instances:=/m4/body_instances"), "/m4/body_instances"),
+    "speech_node": (("-r", "audio:=/m4/audio"), "/m4/audio"),
+}
+
+
+@pytest.fixture(scope="module")
+def other_nodes(probe, tmp_path_factory):
+    from sam3_tiny import save_tiny_sam3
+    from scripted_meshes import plugin_path
+
+    sam3 = save_tiny_sam3(tmp_path_factory.mktemp("sam3"))
+    plugins = plugin_path(tmp_path_factory.mktemp("plugins"))
+    env = {"PYTHONPATH": os.pathsep.join([str(plugins), str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "HF_HUB_OFFLINE": "1"}
+    nodes = {}
+    for name, (args, _) in OTHER_NODES.items():
+        extra = ("-p", f"weights:={sam3}") if name == "concept_node" else ()
+        nodes[name] = start_node(f"perception_fm.nodes.{name}", "-p", "autostart:=false", *extra, *args, env=env)
+    yield nodes
+    logs = {name: stop_node(node) for name, node in nodes.items()}
+    for name, node in nodes.items():
+        assert node.returncode == 0 and "Traceback" not in logs[name], f"{name}:\n{logs[name]}"
+
+
+@pytest.mark.parametrize("name", list(OTHER_NODES))
+def test_every_node_goes_through_its_lifecycle(probe, other_nodes, name):
+    node, (_, input_topic) = other_nodes[name], OTHER_NODES[name]
+
+    def inputs() -> int:
+        assert node.poll() is None, f"{name} died:\n" + stop_node(node)
+        return probe.node.count_subscribers(input_topic)
+
+    def diagnostics() -> dict:
+        return diagnostics_values(probe, name) or {}
+
+    assert get_state(probe, name) == "unconfigured" and inputs() == 0
+    if name == "concept_node":  # commands are kept in every state: subscribed while unconfigured too
+        probe.wait_until(lambda: probe.node.count_subscribers("/m4/concepts") > 0, 60, "concepts subscribed")
+    assert change_state(probe, name, Transition.TRANSITION_CONFIGURE), node_log(node)
+    probe.wait_until(lambda: diagnostics().get("lifecycle_state") == "inactive" and diagnostics().get("weights"),
+                     60, f"{name} inactive with a model")
+    assert inputs() == 0
+    assert change_state(probe, name, Transition.TRANSITION_ACTIVATE)
+    probe.wait_until(lambda: inputs() > 0, 60, f"{name} subscribed to {input_topic}")
+    assert change_state(probe, name, Transition.TRANSITION_DEACTIVATE)
+    probe.wait_until(lambda: inputs() == 0, 60, f"{name} unsubscribed from {input_topic}")
+    assert change_state(probe, name, Transition.TRANSITION_CLEANUP)
+    probe.wait_until(lambda: diagnostics().get("lifecycle_state") == "unconfigured"
+                     and diagnostics().get("weights") == "", 60, f"{name} unconfigured without a model")
+    # ~/enable brings it all the way up again
+    assert call(probe, SetBool, f"/{name}/enable", SetBool.Request(data=True)).success
+    probe.wait_until(lambda: inputs() > 0, 60, f"{name} subscribed again")
