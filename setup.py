@@ -17,6 +17,7 @@ ROS_WHEELS = [
     for name in (
         "rclpy", "rmw-fastrtps-cpp", "std-msgs", "std-srvs", "sensor-msgs", "geometry-msgs", "nav-msgs",
         "visualization-msgs", "shape-msgs", "diagnostic-msgs", "builtin-interfaces", "rosgraph-msgs",
+        "lifecycle-msgs",  # managed nodes (rclpy.lifecycle) and their lifecycle_msgs services
     )
 ]
 # What building the interfaces in msg/ needs in a venv (CMake and a C compiler come from the system).
