@@ -590,8 +590,10 @@ class Da3OnnxDepthModel(da3.Da3DepthModel):
     def _run(self, session, inputs: dict) -> list[np.ndarray]:
         """Run `session`; GPU tensors are handed to ONNX Runtime in place (IO binding), host ones as arrays."""
         tensors = {name: value.float().contiguous() for name, value in inputs.items()}
-        if not any(tensor.is_cuda for tensor in tensors.values()):
-            return session.run(None, {name: tensor.numpy() for name, tensor in tensors.items()})
+        gpu_session = any(provider in (CUDA, TENSORRT) for provider in session.get_providers())
+        if not (gpu_session and any(tensor.is_cuda for tensor in tensors.values())):
+            # (a CPU-only onnxruntime with preprocessing on a GPU: the inputs come to the host)
+            return session.run(None, {name: tensor.cpu().numpy() for name, tensor in tensors.items()})
         binding = session.io_binding()
         for name, tensor in tensors.items():
             binding.bind_input(name=name, device_type="cuda", device_id=tensor.device.index or 0,
