@@ -386,8 +386,9 @@ class ModelNode(LifecycleNode):
             response.success, response.message = False, "stopping"
             return response
         try:
-            self._goal = ACTIVE if request.data else INACTIVE
             state = self.lifecycle_state()
+            # false keeps a loaded model (inactive) and stops an unconfigured node from configuring on its own
+            self._goal = ACTIVE if request.data else INACTIVE if state in (ACTIVE, INACTIVE) else UNCONFIGURED
             if request.data:
                 response.success = self._settle(reload=False) == ACTIVE
             else:
