@@ -252,3 +252,26 @@ def da3_homogeneous(extrinsics: torch.Tensor) -> torch.Tensor:
     bottom = torch.zeros(*extrinsics.shape[:-2], 1, 4, dtype=extrinsics.dtype)
     bottom[..., 0, 3] = 1.0
     return torch.cat([extrinsics[..., :3, :], bottom], dim=-2)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. Known poses reach the network normalised as upstream's api normalises them
+
+
+@pytest.mark.parametrize("views", [2, 3, 4, 5])
+def test_known_poses_are_normalised_as_upstream_normalises_them(views, upstream, loaded):
+    """Upstream divides the translations by torch.median of the camera distances from the first view: the lower
+    middle value for an even count (a stereo pair: the clamp at 0.1, whatever its baseline)."""
+    from scipy.spatial.transform import Rotation
+
+    DepthAnything3 = upstream[1]
+    rng = np.random.default_rng(views)
+    w2c = np.tile(np.eye(4), (views, 1, 1))
+    for i in range(views):
+        w2c[i, :3, :3] = Rotation.from_rotvec(rng.normal(scale=0.2, size=3)).as_matrix()
+        w2c[i, :3, 3] = rng.normal(scale=2.0, size=3)
+    K = np.array([[60.0, 0, 35], [0, 60.0, 26], [0, 0, 1]])
+    prepared = [loaded.prepare(image[:300, :400], K) for image in photographs()[:views]]
+    ours, _ = loaded._conditioning(prepared, w2c)
+    theirs = DepthAnything3._normalize_extrinsics(None, torch.from_numpy(w2c).float()[None])
+    np.testing.assert_allclose(ours.cpu().numpy(), theirs.numpy(), atol=1e-5)

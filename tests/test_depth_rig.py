@@ -139,14 +139,14 @@ def test_known_poses_reach_the_network_in_its_convention(da3):
     [known] = received["plugin"]
     for camera in range(2):
         np.testing.assert_allclose(known[camera], np.linalg.inv(extrinsics(RIG, camera)), atol=1e-12)
-    # plugin -> network: relative to the first view, translations over the median of the views' distances from
-    # it (view 0's own 0 included: b / 2 for a pair; the plugin's normalisation, perception_fm.plugins.da3),
-    # with the intrinsics at the processed size
+    # plugin -> network: relative to the first view, translations over upstream's unit (the lower median of
+    # the views' distances from it, view 0's own 0 included, at least 0.1: 0.1 for a pair), with the
+    # intrinsics at the processed size
     [(network_extrinsics, network_intrinsics)] = received["network"]
     relative = np.linalg.inv(extrinsics(RIG, 1)) @ extrinsics(RIG, 0)  # camera 0 -> camera 1
     np.testing.assert_allclose(network_extrinsics[0, 0], np.eye(4), atol=1e-6)
     expected = relative.copy()
-    expected[:3, 3] /= np.median([0.0, RIG.rig_baseline])  # the other camera is one baseline away
+    expected[:3, 3] /= 0.1  # lower median of (0, baseline), clamped as upstream's api clamps it
     np.testing.assert_allclose(network_extrinsics[0, 1], expected, atol=1e-6)
     # the convention, in words: camera 1 sits one baseline to the right of camera 0 (+x of its optical frame)
     centre1_in_0 = (np.linalg.inv(extrinsics(RIG, 0)) @ extrinsics(RIG, 1))[:3, 3]
@@ -156,11 +156,22 @@ def test_known_poses_reach_the_network_in_its_convention(da3):
     np.testing.assert_allclose(network_intrinsics[0, 0, 0, 0], FRAMES[1, 0].K[0, 0] * sx, rtol=1e-6)
 
 
+RIG3 = syn.SampleConfig(width=64, height=48, frames=2, rig_cameras=3)
+
+
+def rig3_views(scale):
+    """A 3-camera rig: upstream's unit is then the nearer camera's distance, which scales with the rig (with
+    two cameras it is the 0.1 clamp: the baseline itself reaches the network)."""
+    frames = [syn.render_frame(RIG3, 1, camera) for camera in range(3)]
+    return [RigView(f"cam{camera}", frame.rgb, frame.stamp_ns, frame.K, extrinsics(RIG3, camera, scale=scale))
+            for camera, frame in enumerate(frames)]
+
+
 def test_depth_scale_follows_the_rigs_baseline(da3):
     model, received = da3
     received["network"].clear()
-    single = DepthRigPipeline(model).process(views())
-    double = DepthRigPipeline(model).process(views(poses={c: extrinsics(RIG, c, scale=2.0) for c in range(2)}))
+    single = DepthRigPipeline(model).process(rig3_views(1.0))
+    double = DepthRigPipeline(model).process(rig3_views(2.0))
     # random weights: the predicted centres do not give a positive scale, so the units the poses were
     # normalised to for the network set it (rig_extent); trained weights align by Sim3 (known_poses)
     assert single.scale_source == double.scale_source and single.scale_source in ("known_poses", "rig_extent")

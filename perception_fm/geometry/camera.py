@@ -197,3 +197,13 @@ def transform_points(T: np.ndarray, points: np.ndarray) -> np.ndarray:
     return (points.astype(dtype, copy=False) @ T[:3, :3].T.astype(dtype) + T[:3, 3].astype(dtype)).astype(
         dtype, copy=False
     )
+
+
+def known_pose_unit(camera_centres: np.ndarray) -> float:
+    """The length known camera poses are divided by before they condition a DA3 network: the median distance of
+    the cameras' centres from the first camera's (its own 0 included), taken as torch.median takes it — the
+    lower middle value for an even count — and at least 0.1, exactly as upstream's api normalises them. A stereo
+    pair therefore gets 0.1 whatever its baseline. `camera_centres`: (N, 3), any common frame."""
+    centres = np.asarray(camera_centres, dtype=np.float64)
+    distances = np.sort(np.linalg.norm(centres - centres[0], axis=1))
+    return max(float(distances[(len(distances) - 1) // 2]), 0.1)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from perception_fm.errors import BadInputError
-from perception_fm.geometry.camera import transform_points
+from perception_fm.geometry.camera import known_pose_unit, transform_points
 from perception_fm.geometry.sim3 import chain_window, invert_pose
 from perception_fm.pipelines.depth_pipeline import (SCALE_KNOWN_POSES, SCALE_MODEL, SCALE_NONE, DepthPipeline,
                                                     DepthPipelineConfig)
@@ -73,10 +73,9 @@ class RigOutput:
 
 
 def rig_extent(camera_to_rig: list[np.ndarray]) -> float:
-    """Median distance of the cameras' centres from the first camera's (the first's own 0 included): the unit
-    DA3's plugin normalises known poses to before they condition the network."""
-    centres = np.stack([pose[:3, 3] for pose in camera_to_rig])
-    return float(np.median(np.linalg.norm(centres - centres[0], axis=1)))
+    """The unit DA3's plugin normalises known poses to before they condition the network (upstream's: see
+    known_pose_unit)."""
+    return known_pose_unit(np.stack([pose[:3, 3] for pose in camera_to_rig]))
 
 
 def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel_size: float) -> tuple[np.ndarray, np.ndarray]:

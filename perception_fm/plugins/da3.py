@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from perception_fm.errors import BadInputError, WeightsMismatchError, WeightsNotFoundError
+from perception_fm.geometry.camera import known_pose_unit
 from perception_fm.hookspecs import ModelOptions, ModelSpec, Task, hookimpl
 from perception_fm.plugins.weights import (check_finite, hub_snapshot, is_local_path, load_safetensors,
                                           local_directory, read_json_object, select_device)
@@ -590,8 +591,7 @@ class Da3DepthModel:
             raise ValueError("known poses need intrinsics for every view")
         relative = w2c @ np.linalg.inv(w2c[0])
         centres = np.linalg.inv(relative)[:, :3, 3]
-        spread = max(float(np.median(np.linalg.norm(centres, axis=1))), 1e-1)
-        relative[:, :3, 3] /= spread
+        relative[:, :3, 3] /= known_pose_unit(centres)
         extrinsics = torch.from_numpy(relative).float().to(self.device)[None]
         intrinsics = torch.from_numpy(np.stack([view.intrinsics for view in views])).float().to(self.device)[None]
         return extrinsics, intrinsics
