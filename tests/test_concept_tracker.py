@@ -462,3 +462,17 @@ def test_of_two_detections_claiming_one_track_the_better_overlap_re_anchors_it()
         session.detections = detections
         frame = tracker.step(FRAMES[1].rgb, concept_set.snapshot())
         assert frame.reconditioned == [1] and torch.equal(frame.instances[0].mask, closer)
+
+
+def test_with_no_track_at_all_every_detection_starts_one_as_the_reference_does():
+    """new_track_score gates new tracks only while some track exists; on a frame with none, the detector's own
+    threshold is the only gate (SAM 3's reference: "all detections are new" when there is no masklet)."""
+    from scripted_segmentation import LABELS
+
+    box = next(instance for instance, label in LABELS.items() if label == "blue box")
+    session = ScriptedSession(score=0.6, hidden={f: {box} for f in range(3)})  # the box shows from frame 3 on
+    tracker = ConceptTracker(session, TrackerConfig(confirmation_frames=0, new_track_score=0.7))
+    outputs = run(tracker, concepts_for("red ball", "blue box"), range(8))
+    assert outputs[0].started == [1]  # 0.6 < new_track_score, but there was no track: the ball starts one
+    assert {i.concept for i in outputs[-1].instances} == {"red ball"}  # the 0.6 box never does: a track exists
+    assert all(out.started == [] for out in outputs[1:])

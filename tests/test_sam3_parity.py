@@ -6,8 +6,8 @@ with the same objects re-anchored.
 
 Set to the reference's policy means: streaming transformers never removes or hides a track (its hot-start and
 keep-alive only run offline), so our hot-start and keep-alive are disabled here; both sides get the same score
-thresholds (one value for "detected" and "may start a track": transformers lets every detection start a track on
-a frame with no tracks, whatever new_det_thresh says); hole filling and NMS are off (transformers skips both on
+thresholds ("detected", and a higher "may start a track" that, on both sides, gates only frames where some track
+exists: on frame 0 every detection starts one); hole filling and NMS are off (transformers skips both on
 CPU: they need a hub-downloaded CUDA kernel); and two transformers-only steps are made Meta's (see
 add_new_objects_meta below): new objects' masks binarised at logits > 0, not ">= 0.5" on logits (see
 perception_fm/plugins/sam3/session.py), and adding objects leaves the memory of the others alone. Everything
@@ -135,12 +135,12 @@ def reference_postprocess(session, output, mask_size, relabel):
     return dict(zip(result["object_ids"].tolist(), result["masks"]))
 
 
-def make_tracker(session, threshold, anchor_iou, recondition_every):
+def make_tracker(session, threshold, anchor_iou, recondition_every, new_track_score):
     """Our tracker with the reference's streaming policy (see the module docstring)."""
     never = 10**6
     return ConceptTracker(session, TrackerConfig(
         confirmation_frames=0, max_unmatched_tentative=never, duplicate_frames=never, keep_alive=never,
-        new_track_score=threshold, recondition_every=recondition_every, recondition_score=threshold,
+        new_track_score=new_track_score, recondition_every=recondition_every, recondition_score=threshold,
         recondition_iou=anchor_iou, recondition_tracker_score=1.0 / (1.0 + math.exp(-threshold))))
 
 
@@ -156,12 +156,15 @@ def choose_thresholds(checkpoint, frames, concepts, detections_per_frame):
     probe = model.new_session()
     probe.add_frame(frames[0])
     scores = probe.detect(0, {i + 1: model.encode_concept(text) for i, text in enumerate(concepts)}).scores
-    threshold = float(scores.sort(descending=True).values[detections_per_frame - 1]) - 1e-6
+    ranked = scores.sort(descending=True).values
+    threshold = float(ranked[detections_per_frame - 1]) - 1e-6
+    new_track_score = float(ranked[1] + ranked[2]) / 2  # frame 0's 3rd-5th detections start tracks only by the
+    # no-track rule
     model = create(checkpoint, score_threshold=threshold, nms_iou=0.0, fill_hole_area=0)
     concept_set = ConceptSet(model.encode_concept)
     concept_set.add(concepts)
     recorder = Recorder(model.new_session())
-    tracker = make_tracker(recorder, threshold, 1.0, recondition_every=0)
+    tracker = make_tracker(recorder, threshold, 1.0, recondition_every=0, new_track_score=new_track_score)
     for t, image in enumerate(frames):
         tracker.step(image, concept_set.snapshot())
         if 2 * t < len(frames) or recorder.propagation is None or len(recorder.detections) == 0:
@@ -173,7 +176,7 @@ def choose_thresholds(checkpoint, frames, concepts, detections_per_frame):
         best = iou.amax(1).sort(descending=True)
         tracks = iou[best.indices[0]].sort(descending=True).values
         if best.values[0] - best.values[1] > 1e-4 and tracks[0] - tracks[1] > 1e-4:
-            return threshold, float(best.values[0] + best.values[1]) / 2, t
+            return threshold, new_track_score, float(best.values[0] + best.values[1]) / 2, t
     raise AssertionError("no frame with a single best detection and track to re-anchor on")
 
 
@@ -181,12 +184,13 @@ def run_both(checkpoint, frames, concepts, *, detections_per_frame=5):
     """Stream `frames` through both; returns the worst difference and counts of the events exercised."""
     from transformers.models.sam3_video.modeling_sam3_video import Sam3VideoInferenceSession
 
-    threshold, anchor_iou, anchor_frame = choose_thresholds(checkpoint, frames, concepts, detections_per_frame)
+    threshold, new_track_score, anchor_iou, anchor_frame = choose_thresholds(checkpoint, frames, concepts,
+                                                                             detections_per_frame)
     model = create(checkpoint, score_threshold=threshold, nms_iou=0.0, fill_hole_area=0)
     network = model.network
     network.fill_hole_area = 0
     network.score_threshold_detection = threshold
-    network.new_det_thresh = threshold
+    network.new_det_thresh = new_track_score
     network.det_nms_thresh = 0.0
     network.recondition_every_nth_frame = anchor_frame
     network.high_conf_thresh = threshold  # transformers uses it for the detection score and the tracker gate
@@ -239,7 +243,8 @@ def run_both(checkpoint, frames, concepts, *, detections_per_frame=5):
         prompt_of[index] = prompt_id
 
     ours = Recorder(model.new_session())
-    tracker = make_tracker(ours, threshold, anchor_iou, recondition_every=anchor_frame)
+    tracker = make_tracker(ours, threshold, anchor_iou, recondition_every=anchor_frame,
+                           new_track_score=new_track_score)
 
     ids = {}  # our track id -> theirs
     worst = 0.0

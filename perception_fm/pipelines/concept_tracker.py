@@ -7,7 +7,8 @@ decisions, frame by frame:
 2. detect (every `detect_every` frames): the detector's instances of every concept;
 3. associate: mask IoU between detections and tracks of the same concept. A track overlapping a detection
    by >= `track_match_iou` is matched; a confident detection (>= `new_track_score`) overlapping no track by
-   >= `association_iou` starts a new track;
+   >= `association_iou` starts a new track; on a frame with no track at all, every detection does (as the
+   reference: the detector's score threshold is then the only gate);
 4. lifetime: a matched track gains keep-alive (up to `keep_alive`), an unmatched or empty one loses one and
    is removed at zero. A new track is tentative (not published) until it has lived `confirmation_frames`
    frames; a tentative track unmatched for `max_unmatched_tentative` frames, or duplicating an older track
@@ -436,8 +437,11 @@ class ConceptTracker:
                 for obj_id in sharing:
                     if obj_id != oldest and self.tracks[obj_id].state == TENTATIVE:
                         self.tracks[obj_id].duplicate += 1
-        # new tracks from confident detections that overlap nothing
-        is_new = (scores >= config.new_track_score) & ~(ious >= config.association_iou).any(axis=1)
+        # new tracks from confident detections that overlap nothing. With no track at all, every detection
+        # starts one (the detector's own score threshold is the only gate), as SAM 3's reference does (Meta's
+        # sam3 and transformers: "all detections are new" when there is no masklet, whatever new_det_thresh)
+        new_track_score = config.new_track_score if m else 0.0
+        is_new = (scores >= new_track_score) & ~(ious >= config.association_iou).any(axis=1)
         new = np.flatnonzero(is_new)
         room = config.max_objects - len(self.tracks)
         new = new[np.argsort(-scores[new], kind="stable")][:max(room, 0)]
