@@ -86,6 +86,64 @@ class _Keyframe:
     depth_sample: np.ndarray  # published depth [::SCALE_SAMPLE_STEP, ::SCALE_SAMPLE_STEP]
 
 
+class KeyframeWindow:
+    """The sliding window's memory of a stream, shared by the single-camera pipeline (a keyframe is a frame)
+    and the camera rig's (perception_fm.pipelines.depth_rig: a keyframe is a group of cameras): the last
+    window_size - 1 keyframes, when the next one is due, and when the stream broke so the window no longer
+    describes it. Keyframes are whatever the pipeline keeps (prepared views, poses); bounded by the deque."""
+
+    def __init__(self, config: DepthPipelineConfig):
+        self.config = config
+        self._last_stamp: int | None = None
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget the keyframes (not the last stamp: a frame older than the one that broke the stream breaks
+        it again)."""
+        self.keyframes: deque = deque(maxlen=max(self.config.window_size - 1, 0))
+        self._since_keyframe = 0
+        self._last_pose: np.ndarray | None = None
+        self._size: tuple[int, int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keyframes)
+
+    def went_back(self, stamp_ns: int) -> bool:
+        """Whether time went back at this frame (a bag restarted, a clock jumped): the window no longer
+        describes the stream. Call once per frame, before anything can fail on it."""
+        back = self._last_stamp is not None and stamp_ns < self._last_stamp
+        self._last_stamp = stamp_ns
+        return back
+
+    def resized(self, size: tuple[int, int]) -> bool:
+        """Whether the processed size differs from the keyframes' (the camera's resolution changed)."""
+        return bool(self.keyframes) and self._size != size
+
+    def due(self, pose: np.ndarray | None) -> bool:
+        """Count one frame; whether it becomes a keyframe: the first, then every keyframe_every frames, or once
+        `pose` (trajectory camera_to_world) moved keyframe_min_translation or turned keyframe_min_rotation_deg
+        from the last keyframe's. Never with window_size 1."""
+        if self.config.window_size == 1:
+            return False
+        self._since_keyframe += 1
+        take = self._last_pose is None or self._since_keyframe >= self.config.keyframe_every
+        if not take and pose is not None:
+            moved = np.linalg.norm(pose[:3, 3] - self._last_pose[:3, 3])
+            relative = self._last_pose[:3, :3].T @ pose[:3, :3]
+            turned = np.degrees(np.arccos(np.clip((np.trace(relative) - 1) / 2, -1.0, 1.0)))
+            take = (0 < self.config.keyframe_min_translation <= moved) or (
+                0 < self.config.keyframe_min_rotation_deg <= turned)
+        return take
+
+    def add(self, keyframe, pose: np.ndarray, size: tuple[int, int]) -> None:
+        """Keep `keyframe` (the oldest leaves when the window is full); `pose` is what later motion is measured
+        from, `size` the processed size later frames must share."""
+        self.keyframes.append(keyframe)
+        self._since_keyframe = 0
+        self._last_pose = pose
+        self._size = size
+
+
 class DepthPipeline:
     def __init__(self, model: DepthModel, config: DepthPipelineConfig = DepthPipelineConfig()):
         capabilities = model.capabilities
@@ -103,31 +161,36 @@ class DepthPipeline:
     def reset(self) -> None:
         """Forget the window and the trajectory (new sequence, time jumped back, camera changed). The next
         output has `new_sequence` set, so publishers can drop what they accumulated (e.g. a path)."""
-        self._keyframes: deque[_Keyframe] = deque(maxlen=max(self.config.window_size - 1, 0))
-        self._since_keyframe = 0
+        self._window = KeyframeWindow(self.config)
+        self._restart()
+
+    def _restart(self) -> None:
+        """reset() when the stream itself broke: the window still remembers the stamp that broke it."""
+        self._window.clear()
         self._scale = 1.0
         if self.model.capabilities.metric:
             self._scale_source = SCALE_MODEL
         else:  # a sliding window keeps the first window's scale; single frames have none to keep
             self._scale_source = SCALE_WINDOW_CHAIN if self.config.window_size > 1 else SCALE_NONE
-        self._last_stamp: int | None = None
         self._new_sequence = True
 
     @property
     def keyframes(self) -> int:
-        return len(self._keyframes)
+        return len(self._window)
+
+    @property
+    def _keyframes(self) -> deque[_Keyframe]:
+        return self._window.keyframes
 
     def process(self, frame: DepthInput, cloud: bool = True) -> DepthOutput:
         """`cloud`: compute the point cloud (points, colors); a live node skips it while nobody subscribes to it
         (its colour resize and back-projection are most of the postprocessing)."""
         started = time.perf_counter()
-        if self._last_stamp is not None and frame.stamp_ns < self._last_stamp:
-            self.reset()  # a bag restarted or time jumped back: the window no longer describes this stream
-        self._last_stamp = frame.stamp_ns
-
+        if self._window.went_back(frame.stamp_ns):
+            self._restart()  # a bag restarted or time jumped back: the window no longer describes this stream
         view = self.model.prepare(frame.image, frame.intrinsics)
-        if self._keyframes and self._keyframes[0].view.size != view.size:
-            self.reset()  # the camera's resolution changed
+        if self._window.resized(view.size):
+            self._restart()  # the camera's resolution changed
         views = [keyframe.view for keyframe in self._keyframes] + [view]
         knowns = [keyframe.known_camera_to_world for keyframe in self._keyframes] + [frame.known_camera_to_world]
         condition = (
@@ -215,22 +278,11 @@ class DepthPipeline:
         return float(np.median(published[valid] / predicted[valid]))
 
     def _update_keyframes(self, view: PreparedView, camera_to_world, frame: DepthInput, depth: np.ndarray) -> bool:
-        if self.config.window_size == 1:
-            return False
-        self._since_keyframe += 1
-        last = self._keyframes[-1] if self._keyframes else None
-        take = last is None or self._since_keyframe >= self.config.keyframe_every
-        if not take and camera_to_world is not None:
-            moved = np.linalg.norm(camera_to_world[:3, 3] - last.camera_to_world[:3, 3])
-            relative = last.camera_to_world[:3, :3].T @ camera_to_world[:3, :3]
-            turned = np.degrees(np.arccos(np.clip((np.trace(relative) - 1) / 2, -1.0, 1.0)))
-            take = (0 < self.config.keyframe_min_translation <= moved) or (
-                0 < self.config.keyframe_min_rotation_deg <= turned)
+        take = self._window.due(camera_to_world)
         if take:
             pose = camera_to_world if camera_to_world is not None else np.eye(4)
             sample = depth[::SCALE_SAMPLE_STEP, ::SCALE_SAMPLE_STEP].copy()
-            self._keyframes.append(_Keyframe(view, pose, frame.known_camera_to_world, sample))
-            self._since_keyframe = 0
+            self._window.add(_Keyframe(view, pose, frame.known_camera_to_world, sample), pose, view.size)
         return take
 
     # -- cloud --------------------------------------------------------------------------------------------
