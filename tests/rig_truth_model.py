@@ -14,23 +14,29 @@ from perception_fm.tasks.depth import DepthCapabilities, DepthPrediction, Prepar
 
 RIG = SampleConfig(width=64, height=48, frames=3, rig_cameras=2)
 FRAMES = {(index, camera): render_frame(RIG, index, camera) for index in range(RIG.frames) for camera in range(2)}
+# a longer stream of the moving rig, for sliding windows over past groups (tests/test_depth_rig_window.py)
+MOVING = SampleConfig(width=64, height=48, frames=6, rig_cameras=2)
+MOVING_FRAMES = {(index, camera): render_frame(MOVING, index, camera) for index in range(MOVING.frames)
+                 for camera in range(2)}
 
 
 def _key(image: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
-_DEPTH_BY_IMAGE = {_key(frame.rgb): frame.depth for frame in FRAMES.values()}
+_DEPTH_BY_IMAGE = {_key(frame.rgb): frame.depth for frame in [*FRAMES.values(), *MOVING_FRAMES.values()]}
 
 
 class RigTruthModel:
     name, weights, device = "rig-truth", "ground-truth", "cpu"
-    capabilities = DepthCapabilities(metric=True, multi_view=True)
+    capabilities = DepthCapabilities(metric=True, multi_view=True, known_poses=True)  # records them
 
     def __init__(self):
         self.calls = []  # (number of views, known_world_to_camera)
+        self.prepared = 0  # images prepared (a window must never prepare a kept view again)
 
     def prepare(self, image, intrinsics=None):
+        self.prepared += 1
         key = _key(image)
         if key not in _DEPTH_BY_IMAGE:
             raise KeyError("rig-truth answers only the synthetic rig's own images")

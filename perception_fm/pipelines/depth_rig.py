@@ -15,7 +15,16 @@ depth is consistent across cameras and its scale is the rig's (metres when the e
 - Outputs per camera keep the camera's own optical frame and stamp (depth, confidence, K, cloud); one fused
   XYZRGB cloud in the common frame gathers every camera with a pose (known, else aligned prediction),
   optionally voxel down-sampled (one point per occupied voxel: mean position and colour), vectorised.
-- Memory: nothing is kept between groups but the running scale.
+- Sliding window (window_size W > 1): past groups are keyframes, as frames are for one camera (the same
+  KeyframeWindow: a new keyframe group every keyframe_every groups, or on the rig's motion; a new sequence when
+  time goes back or the processed size changes). Each call sees the last W - 1 keyframe groups' views (all
+  their cameras, prepared once when they arrived and kept, never prepared again) and the current group's.
+  This needs the rig's pose over time: `rig_to_world` (the rig frame in the known world frame, e.g. odom,
+  from TF at the group's stamp) makes every camera's pose known in that frame (rig_to_world x camera_to_rig),
+  so all views of the window condition the call and its depth is in that frame's units, consistent over
+  time. Without it a window is refused (chaining groups on predicted poses alone is not done). A group whose
+  rig pose is missing runs alone (its cameras conditioned in the rig frame) and does not become a keyframe.
+- Memory: the keyframe groups' prepared views (at most (W - 1) x cameras) and the running scale.
 
 The single-camera stream (perception_fm.pipelines.depth_pipeline) is untouched by this module.
 """
@@ -30,10 +39,10 @@ from perception_fm.errors import BadInputError
 from perception_fm.geometry.camera import known_pose_unit, transform_points
 from perception_fm.geometry.sim3 import chain_window, invert_pose
 from perception_fm.pipelines.depth_pipeline import (SCALE_KNOWN_POSES, SCALE_MODEL, SCALE_NONE, DepthPipeline,
-                                                    DepthPipelineConfig)
+                                                    DepthPipelineConfig, KeyframeWindow)
+from perception_fm.tasks.depth import DepthModel, PreparedView
 
 SCALE_RIG_EXTENT = "rig_extent"
-from perception_fm.tasks.depth import DepthModel
 
 
 @dataclass
@@ -69,7 +78,20 @@ class RigOutput:
     scale: float
     conditioned: bool  # the known poses conditioned the network
     inference_ms: float
+    rig_to_world: np.ndarray | None = None  # the rig frame in the known world frame (given), for the window
+    window_groups: int = 1  # groups in the call: keyframe groups + this one
+    views_in_call: int = 0  # views in the call: keyframe groups' + this group's
+    keyframe: bool = False  # this group was kept as a keyframe group
+    new_sequence: bool = False  # first group after a reset: the window restarted here
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _KeyframeGroup:
+    """A past group in the window: its cameras' prepared views (kept on the model's device, never prepared
+    again) and their poses in the known world frame."""
+    views: list[PreparedView]
+    camera_to_world: list[np.ndarray]
 
 
 def rig_extent(camera_to_rig: list[np.ndarray]) -> float:
@@ -96,47 +118,86 @@ def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel_size: float) 
 
 
 class DepthRigPipeline:
-    """One model call per group of rig frames; see the module docstring. `config` carries the cloud settings
-    and the pose method of the single-camera pipeline (window_size must be 1: groups are not chained yet)."""
+    """One model call per group of rig frames; see the module docstring. `config` carries the cloud settings,
+    the pose method and the sliding window of the single-camera pipeline. `known_world`: the caller gives each
+    group's `rig_to_world` (a known world frame from TF); a window (window_size > 1) needs it."""
 
     def __init__(self, model: DepthModel, config: DepthPipelineConfig = DepthPipelineConfig(), *,
-                 voxel_size: float = 0.0):
+                 voxel_size: float = 0.0, known_world: bool = False):
         capabilities = model.capabilities
         if not capabilities.multi_view:
             raise ValueError(f"a camera rig needs a multi-view model (one call for all cameras); {model.name} "
                              "sees one view")
-        if config.window_size != 1:
-            raise ValueError("a camera rig runs one call per group (window_size 1); past groups as keyframes "
-                             "are not supported yet")
-        # the single-camera pipeline's checks of pose_method and its cloud code, one place for both
+        if config.window_size > 1 and not known_world:
+            raise ValueError(f"a camera rig with window_size {config.window_size} keeps past groups as keyframes, "
+                             "which needs the rig's pose over time: set known_pose_frame (e.g. odom: TF "
+                             "known_pose_frame <- rig_frame at each group's stamp) and rig_frame, or use "
+                             "window_size 1")
+        # the single-camera pipeline's checks (pose_method, window_size) and its cloud code, one place for both
         self._cloud_pipeline = DepthPipeline(model, config)
         self.model = model
         self.config = config
         self.voxel_size = float(voxel_size)
-        self._scale = 1.0
-        self._scale_source = SCALE_MODEL if capabilities.metric else SCALE_NONE
+        self._window = KeyframeWindow(config)
+        self._restart()
 
-    def process(self, views: list[RigView]) -> RigOutput:
+    def reset(self) -> None:
+        """Forget the keyframe groups and the scale (new sequence)."""
+        self._window = KeyframeWindow(self.config)
+        self._restart()
+
+    def _restart(self) -> None:
+        self._window.clear()
+        self._scale = 1.0
+        self._scale_source = SCALE_MODEL if self.model.capabilities.metric else SCALE_NONE
+        self._new_sequence = True
+
+    @property
+    def kept_views(self) -> int:
+        """Prepared views kept between groups (the keyframe groups'): at most (window_size - 1) x cameras."""
+        return sum(len(group.views) for group in self._window.keyframes)
+
+    def process(self, views: list[RigView], rig_to_world: np.ndarray | None = None) -> RigOutput:
+        """`rig_to_world`: the rig frame's pose in the known world frame at the group's stamp (TF), None when
+        unknown (the group then runs alone, in the rig frame, and is no keyframe)."""
         if not views:
             raise ValueError("a group needs at least one view")
         started = time.perf_counter()
+        if self._window.went_back(min(view.stamp_ns for view in views)):
+            self._restart()  # a bag restarted or time jumped back: the window no longer describes the stream
         prepared = [self.model.prepare(view.image, view.intrinsics) for view in views]
         sizes = {p.size for p in prepared}
         if len(sizes) != 1:
             raise BadInputError("size_mismatch", f"the rig's cameras must share an image size for one model call "
                                                  f"(processed sizes {sorted(sizes)})")
-        knowns = [view.camera_to_rig for view in views]
-        all_known = all(known is not None for known in knowns)
+        size = sizes.pop()
+        if self._window.resized(size):
+            self._restart()  # the cameras' resolution changed
+        # Known poses of this group: in the world frame when the rig's pose there is known, else in the rig
+        # frame (the network sees poses relative to the call's first view, so a lone group's call is the same).
+        in_world = None
+        if rig_to_world is not None:
+            in_world = [None if view.camera_to_rig is None else rig_to_world @ view.camera_to_rig for view in views]
+        keyframes = list(self._window.keyframes) if in_world is not None else []
+        call_views = [view for group in keyframes for view in group.views] + prepared
+        knowns = [pose for group in keyframes for pose in group.camera_to_world] + (
+            in_world if in_world is not None else [view.camera_to_rig for view in views])
+        first = len(call_views) - len(views)  # this group's views are the call's last ones
         condition = (self.config.condition_on_known_poses and self.model.capabilities.known_poses
-                     and len(views) >= 2 and all_known and all(p.intrinsics is not None for p in prepared))
+                     and len(call_views) >= 2 and all(known is not None for known in knowns)
+                     and all(p.intrinsics is not None for p in call_views))
         prepared_at = time.perf_counter()
         prediction = self.model.predict(
-            prepared, dense_views=None,
+            call_views, dense_views=list(range(first, len(call_views))),
             known_world_to_camera=invert_pose(np.stack(knowns)) if condition else None,
             pose_method=self.config.pose_method or None)
         predicted_at = time.perf_counter()
 
-        poses = self._poses(prediction, knowns, condition)
+        poses = self._poses(prediction, knowns, condition)[first:]
+        if in_world is not None:  # back to the rig frame, where the fused cloud is
+            world_to_rig = invert_pose(rig_to_world)
+            poses = [view.camera_to_rig if view.camera_to_rig is not None
+                     else None if pose is None else world_to_rig @ pose for view, pose in zip(views, poses)]
         scale = 1.0 if prediction.is_metric else self._scale
         outputs = []
         for index, (view, view_prepared) in enumerate(zip(views, prepared)):
@@ -148,17 +209,26 @@ class DepthRigPipeline:
             confidence = prediction.confidence[index] if prediction.confidence is not None else None
             K = view_prepared.intrinsics
             if K is None and prediction.intrinsics is not None:
-                K = prediction.intrinsics[index]
+                K = prediction.intrinsics[first + index]
             points, colors = self._cloud_pipeline._cloud(view.image, depth, confidence, K)
             outputs.append(RigCameraOutput(view.camera, view.stamp_ns, depth.astype(np.float32, copy=False),
-                                           confidence, K, points, colors, poses[index], knowns[index] is not None))
+                                           confidence, K, points, colors, poses[index],
+                                           view.camera_to_rig is not None))
         fused_points, fused_colors = self._fuse(outputs)
+        # A keyframe group needs every camera's world pose: later calls are conditioned on all of them.
+        keyframe = (in_world is not None and all(pose is not None for pose in in_world)
+                    and self._window.due(rig_to_world))
+        if keyframe:
+            self._window.add(_KeyframeGroup(prepared, in_world), rig_to_world, size)
+        new_sequence, self._new_sequence = self._new_sequence, False
         done = time.perf_counter()
         return RigOutput(
             stamp_ns=min(view.stamp_ns for view in views), cameras=outputs, fused_points=fused_points,
             fused_colors=fused_colors, is_metric=prediction.is_metric or self._scale_source == SCALE_KNOWN_POSES,
             scale_source=self._scale_source, scale=float(scale), conditioned=bool(condition),
-            inference_ms=(predicted_at - started) * 1e3,
+            inference_ms=(predicted_at - started) * 1e3, rig_to_world=rig_to_world,
+            window_groups=len(keyframes) + 1, views_in_call=len(call_views), keyframe=keyframe,
+            new_sequence=new_sequence,
             timings_ms={"prepare": (prepared_at - started) * 1e3, "predict": (predicted_at - prepared_at) * 1e3,
                         "postprocess": (done - predicted_at) * 1e3})
 

@@ -9,6 +9,8 @@ live node and the offline replay:
   per camera, in the camera's own frame and stamp, under the camera's namespace: depth/image,
   depth/confidence, depth/info, depth/camera_info, points; and one fused XYZRGB cloud `points_fused` in
   rig_frame (fused_voxel_size down-samples it for RViz).
+  With known_pose_frame (e.g. odom) the rig frame's pose there (TF at the group's stamp) places every camera in
+  that frame, which is what a sliding window over past groups (window_size > 1: keyframe groups) needs.
 
 A camera entry of `cameras` is a namespace (`cam0`: subscribes cam0/image and cam0/camera_info, publishes
 under cam0/) or an image and camera_info topic pair separated by a comma (`/cam0/color/image_raw,
@@ -119,7 +121,8 @@ class RigFrameHandler:
         self.values = values
         self.streams = {stream.name: stream for stream in streams}
         self.pipeline = DepthRigPipeline(model, depth_io.pipeline_config(values, model),
-                                         voxel_size=values["fused_voxel_size"])
+                                         voxel_size=values["fused_voxel_size"],
+                                         known_world=bool(values["known_pose_frame"] and values["rig_frame"]))
         self.frames = depth_io.DepthFrames(values["world_frame"], values["estimated_frame"], False)
         self._tf_lookup = tf_lookup
         self._on_event = on_event
@@ -145,7 +148,13 @@ class RigFrameHandler:
             headers[camera] = message.header
         if not views:
             raise error
-        output = self.pipeline.process(views)
+        rig_to_world = None
+        known_frame = self.values["known_pose_frame"]
+        if known_frame and rig_frame and self._tf_lookup is not None:
+            rig_to_world = self._tf_lookup(known_frame, rig_frame, group.stamp_ns, True)
+            if rig_to_world is None:  # the group runs alone in the rig frame; no keyframe
+                self._on_event("no_known_pose")
+        output = self.pipeline.process(views, rig_to_world)
         messages = {}
         for index, camera_output in enumerate(output.cameras):
             single = DepthOutput(
@@ -153,8 +162,9 @@ class RigFrameHandler:
                 intrinsics=camera_output.intrinsics, points=camera_output.points, colors=camera_output.colors,
                 camera_to_world=None, is_metric=output.is_metric, scale_source=output.scale_source,
                 scale=output.scale, pose_method=self.pipeline.config.pose_method or "none",
-                window_size=len(output.cameras), view_index=index, inference_ms=output.inference_ms,
-                keyframe=False, new_sequence=False)
+                window_size=output.views_in_call,  # the group's cameras are the call's last views
+                view_index=output.views_in_call - len(output.cameras) + index, inference_ms=output.inference_ms,
+                keyframe=output.keyframe, new_sequence=output.new_sequence)
             messages[camera_output.camera] = depth_io.depth_messages(
                 single, headers[camera_output.camera], self.frames, model=self.model.name, weights=self.model.weights)
         fused = None
