@@ -32,6 +32,10 @@ import time
 import numpy as np
 
 
+# The bench's own ROS domains (the tests take 1-100; Fast DDS's port scheme allows up to 232).
+PRIVATE_DOMAINS = range(150, 231)
+
+
 def _percentiles(values) -> dict:
     values = np.asarray(values, float)
     if not len(values):
@@ -43,14 +47,16 @@ class _Harness:
     """A probe node in this process publishing images and timing the node's depth outputs."""
 
     def __init__(self, frames, output_type=None, output_topic: str = "/depth/info", camera_info: bool = False,
-                 diagnostics: bool = False, stage_times_topic: str = "", also_subscribe=()):
+                 diagnostics: bool = False, stage_times_topic: str = "", also_subscribe=(),
+                 domain_id: int | None = None):
         """`output_type` on `output_topic` (default DepthInfo on /depth/info) is the node's per-frame output; it
         must carry the input's header stamp and an `inference_ms`. With `camera_info`, a CameraInfo (the sample's
         K) goes to /bench/camera_info before each image, with its stamp. With `diagnostics`, the latest
         /diagnostics key/values of each status are kept in self.diagnostics (status name -> dict). With
         `stage_times_topic`, the node's per-frame stage times (depth_io.stage_times_message) are kept by stamp.
         `also_subscribe`: (type, topic) pairs subscribed to and counted in self.counts, as a viewer would (a
-        node builds some outputs only while they have subscribers)."""
+        node builds some outputs only while they have subscribers). `domain_id`: the ROS domain (default: the
+        environment's)."""
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from rclpy.context import Context
@@ -62,7 +68,7 @@ class _Harness:
         from perception_fm.ros.image_codec import numpy_to_image
 
         self.context = Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, domain_id=domain_id)
         self.node = rclpy.create_node("node_bench", context=self.context)
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.publisher = self.node.create_publisher(Image, "/bench/image", qos)
@@ -185,9 +191,14 @@ class _Harness:
 
 
 def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15, 20, 30), seconds: float = 5.0,
-        latency_rate: float = 30.0, weights: str = "", device: str = "auto", all_outputs: bool = False) -> dict:
+        latency_rate: float = 30.0, weights: str = "", device: str = "auto", all_outputs: bool = False,
+        domain_id: int | None = None) -> dict:
     """`all_outputs`: subscribe to depth, confidence and points too, as RViz showing them would (the node
-    computes its cloud only while /points has a subscriber)."""
+    computes its cloud only while /points has a subscriber). `domain_id`: the ROS domain of the node and the
+    probe; default a random one in PRIVATE_DOMAINS, so that no other bench's node answers these images and a
+    robot's graph on the default domain neither disturbs the figures nor sees the bench's topics."""
+    import random
+
     from sensor_msgs.msg import Image, PointCloud2
 
     from perception_fm.bench.common import sample_frames
@@ -197,9 +208,13 @@ def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15
     command = [sys.executable, "-m", "perception_fm.nodes.depth_node", "--ros-args", "-p", f"model:={model}",
                "-p", f"process_res:={process_res}", "-p", f"device:={device}", "-p", "input_qos:=reliable",
                "-p", "publish_stage_times:=true", "-r", "image:=/bench/image", *weight_args]
-    node = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    if domain_id is None:
+        domain_id = random.SystemRandom().choice(PRIVATE_DOMAINS)
+    node = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "ROS_DOMAIN_ID": str(domain_id)})
     viewer = [(Image, "/depth/image"), (Image, "/depth/confidence"), (PointCloud2, "/points")] if all_outputs else []
-    harness = _Harness(frames, stage_times_topic="/depth_node/stage_times", also_subscribe=viewer)
+    harness = _Harness(frames, stage_times_topic="/depth_node/stage_times", also_subscribe=viewer,
+                       domain_id=domain_id)
     try:
         if not harness.wait_ready(300):
             raise RuntimeError("the depth node produced no output within 300 s")
@@ -218,6 +233,7 @@ def run(model: str = "da3-small", process_res: int = 280, rates=(1, 2, 5, 10, 15
         node.wait(timeout=20)
     return {"node": "depth_node", "model": model, "process_res": process_res, "weights": weights or "random-init",
             "image": f"{frames[0].shape[1]}x{frames[0].shape[0]} rgb8", "all_outputs_subscribed": all_outputs,
+            "ros_domain_id": domain_id,
             "fastdds_builtin_transports": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", ""),
             "ros_automatic_discovery_range": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE", ""),
             "load_average_1min": round(os.getloadavg()[0], 1),
@@ -249,10 +265,13 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--all-outputs", action="store_true",
                         help="also subscribe to depth, confidence and points (as RViz would): the cloud is built")
+    parser.add_argument("--domain", type=int, default=None,
+                        help=f"ROS domain of the node and the probe (default: a random one in "
+                             f"{PRIVATE_DOMAINS.start}-{PRIVATE_DOMAINS.stop - 1}, away from other graphs)")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     result = run(args.model, args.process_res, [float(r) for r in args.rates.split(",")], args.seconds,
-                 args.latency_rate, args.weights, args.device, args.all_outputs)
+                 args.latency_rate, args.weights, args.device, args.all_outputs, args.domain)
     latency = result["latency_at_rate"]
     print(f"{result['node']} {result['model']} res {result['process_res']}: peak throughput "
           f"{result['peak_throughput_hz']:.1f} Hz (< 5 % drops); at {latency['rate_hz']:.0f} Hz input: "
