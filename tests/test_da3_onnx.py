@@ -247,3 +247,29 @@ def test_compile_switch_is_off_by_default_and_validated(torch_model, da3_small_c
     assert [da3.compile_mode(v) for v in (True, False, "max-autotune")] == ["default", "off", "max-autotune"]
     with pytest.raises(ValueError, match="compile must be one of"):
         create("da3-small", da3_small_checkpoint, compile="fastest")
+
+
+def test_depth_node_parameters_reach_the_onnx_backend(da3_small_checkpoint, tmp_path, monkeypatch):
+    """A node's parameters (depth_io's table, defaults + a config's values) are what the backend is built with;
+    empty providers / cache fall back to the environment."""
+    from pathlib import Path
+
+    from perception_fm.nodes.node_base import model_options
+    from perception_fm.nodes.params import MODEL_PARAMS
+    from perception_fm.ros import depth_io
+
+    values = {param.name: param.default for param in MODEL_PARAMS + depth_io.DEPTH_PARAMS}
+    values.update(model="da3-small-onnx", weights=str(da3_small_checkpoint), device="cpu", onnx_views="2-4",
+                  onnx_cache_dir=str(tmp_path / "node-cache"), process_res=PROCESS_RES)
+    model = MANAGER.create(Task.DEPTH, "da3-small-onnx", model_options(values, depth_io.MODEL_EXTRA_PARAMS))
+    assert model.served_views == (2, 4)
+    assert Path(model.cache.directory) == tmp_path / "node-cache"
+    assert model.providers == ["CPUExecutionProvider"]
+
+    monkeypatch.setenv(da3_onnx.CACHE_ENV, str(tmp_path / "env-cache"))
+    values.update(onnx_cache_dir="", onnx_views="bad")
+    with pytest.raises(ValueError, match="onnx_views"):
+        MANAGER.create(Task.DEPTH, "da3-small-onnx", model_options(values, depth_io.MODEL_EXTRA_PARAMS))
+    values.update(onnx_views="auto")
+    model = MANAGER.create(Task.DEPTH, "da3-small-onnx", model_options(values, depth_io.MODEL_EXTRA_PARAMS))
+    assert Path(model.cache.directory) == tmp_path / "env-cache"

@@ -41,6 +41,16 @@ DEPTH_PARAMS = (
                                                   "and default); poses are published in the same world frame "
                                                   "whatever the choice.",
           choices=("saddle_balanced", "saddle_sim_range", "first", "middle")),
+    Param("compile", "off", "torch.compile of the PyTorch DA3 network (off keeps upstream's eager network; the "
+                            "first frames then wait for compilation).",
+          choices=("off", "default", "reduce-overhead", "max-autotune")),
+    # the ONNX backend (da3-*-onnx models); ignored by the others
+    Param("onnx_views", "auto", "View counts the ONNX graphs serve: auto (a graph per segment 1, 2, 3-8, ... "
+                                "exported on first use), N (exactly N) or A-B (a range)."),
+    Param("onnx_providers", "", "ONNX Runtime execution providers, comma-separated; empty: "
+                                "$PERCEPTION_FM_ONNX_PROVIDERS, else auto (TensorRT, CUDA, CPU: those present)."),
+    Param("onnx_cache_dir", "", "Export cache directory; empty: $PERCEPTION_FM_ONNX_CACHE, else "
+                                "~/.cache/perception_fm/da3_onnx."),
     # pipeline
     Param("window_size", 1, "Views per model call: 1 = each frame alone; N > 1 = the last N-1 keyframes plus the "
                             "current frame (multi-view models), poses chained into one trajectory.", min=1, max=64),
@@ -83,7 +93,8 @@ DEPTH_PARAMS = (
     *IMAGE_PARAMS,
 )
 # passed to the model: a change reloads it
-MODEL_EXTRA_PARAMS = ("process_res", "pose_method", "resize", "ref_view_strategy")
+MODEL_EXTRA_PARAMS = ("process_res", "pose_method", "resize", "ref_view_strategy", "compile", "onnx_views",
+                      "onnx_providers", "onnx_cache_dir")
 
 # Topic names relative to the node's namespace (remap them in launch files / config).
 TOPIC_DEPTH = "depth/image"
