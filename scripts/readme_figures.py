@@ -66,7 +66,9 @@ def _node_rows(node: dict) -> list[tuple[str, str]]:
     return [(f"{node['node']} over DDS, {node['model']} at {node['process_res']} ({node['weights']}): peak "
              f"throughput with < 5 % drops; latency at {latency['rate_hz']:.0f} Hz input",
              f"{node['peak_throughput_hz']:g} Hz; p50 {_ms(latency['p50_ms'])} ms, p95 {_ms(latency['p95_ms'])} ms, "
-             f"node overhead p50 {_ms(latency['overhead']['p50_ms'])} ms")]
+             f"node overhead p50 {_ms(latency['overhead']['p50_ms'])} ms"
+             + (f" ({_ms(latency['overhead_excl_queue']['p50_ms'])} ms without the wait for the busy model)"
+                if "overhead_excl_queue" in latency else ""))]
 
 
 def _sam3_rows(rows: list) -> list[tuple[str, str]]:
