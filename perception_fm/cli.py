@@ -7,7 +7,7 @@
   perception-fm batch CONFIG --bags DIR --out RESULTS   replay + eval many bags (Ray), one summary
   perception-fm sample OUT_BAG               write the synthetic sample bag
   perception-fm import FORMAT SRC OUT_BAG    a dataset (tum, frames, images, video) into a bag with ground truth
-  perception-fm bench SUITE                  benchmarks (codec, da3, sam3, sam3d, body, node, suite)
+  perception-fm bench SUITE                  benchmarks (codec, da3, sam3, node, container, rig, device, ...)
 """
 from __future__ import annotations
 
