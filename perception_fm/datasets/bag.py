@@ -34,6 +34,18 @@ CAMERA_FRAME = "camera_color_optical_frame"
 WORLD_FRAME = "world"
 DEFAULT_START_NS = 1_700_000_000 * 10**9  # first stamp of formats without time stamps (as the sample's)
 MAX_LISTED_SKIPS = 5  # skipped frames named one by one; the rest only counted
+# builtin_interfaces/Time holds seconds in an int32 (>= 0 for a bag): a stamp past it cannot be serialised.
+MAX_STAMP_NS = (2**31 - 1) * 10**9
+# Stamps are whole nanoseconds counted from DEFAULT_START_NS: faster than 1 MHz they collide, slower than one
+# frame per 1000 s a long sequence runs past MAX_STAMP_NS.
+MIN_RATE_HZ, MAX_RATE_HZ = 1e-3, 1e6
+
+
+def check_rate(rate_hz: float) -> float:
+    """`rate_hz` when stamps can be made from it; DatasetError otherwise (0, negative, NaN, inf, absurd)."""
+    if not (math.isfinite(rate_hz) and MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ):
+        raise DatasetError(f"rate {rate_hz:g} Hz: give a rate between {MIN_RATE_HZ:g} and {MAX_RATE_HZ:g} Hz")
+    return rate_hz
 
 
 class DatasetError(PerceptionFmError):
@@ -144,6 +156,9 @@ class FrameWriter:
         from perception_fm.ros.image_codec import numpy_to_image
         from perception_fm.ros.tf import ns_to_time
 
+        if not 0 <= stamp_ns <= MAX_STAMP_NS:
+            raise DatasetError(f"stamp {stamp_ns / 1e9:.9g} s is outside what a ROS time holds (0 to "
+                               f"{MAX_STAMP_NS // 10**9} s since 1970)")
         if self._last_stamp is not None and stamp_ns <= self._last_stamp:
             raise DatasetError(f"stamps must increase: {stamp_ns} ns follows {self._last_stamp} ns")
         self._last_stamp = stamp_ns

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from perception_fm.datasets.bag import (DEFAULT_START_NS, DatasetError, FrameWriter, ImportSummary, Intrinsics,
-                                        Unreadable, check_sizes, read_depth, read_rgb, write_bag)
+                                        Unreadable, check_rate, check_sizes, read_depth, read_rgb, write_bag)
 
 SEVEN_SCENES_INTRINSICS = Intrinsics(585.0, 585.0, 320.0, 240.0)  # published with the dataset
 INVALID_DEPTH = (0, 65535)
@@ -86,8 +86,7 @@ def import_frames(source: str | Path, output: str | Path, *, rate_hz: float = DE
 
     folder = Path(source)
     layout, files = find_frames(folder)
-    if not rate_hz > 0:
-        raise DatasetError(f"rate {rate_hz} Hz: give a positive rate")
+    check_rate(rate_hz)
     if not depth_scale > 0:
         raise DatasetError(f"depth scale {depth_scale}: give the depth PNGs' units per metre (1000 for mm)")
     summary = ImportSummary(str(folder), str(output), f"frames ({layout})", notes=[f"stamped at {rate_hz:g} Hz"])

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from perception_fm.datasets.bag import (DEFAULT_START_NS, DatasetError, FrameWriter, ImportSummary, Intrinsics,
-                                        Unreadable, check_sizes, read_rgb, write_bag)
+                                        Unreadable, check_rate, check_sizes, read_rgb, write_bag)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 DEFAULT_RATE_HZ = 10.0
@@ -42,8 +42,7 @@ def import_images(source: str | Path, output: str | Path, *, rate_hz: float = DE
     folder = Path(source)
     if not folder.is_dir():
         raise DatasetError(f"{str(folder)!r} is not a folder of images")
-    if not (rate_hz > 0 and math.isfinite(rate_hz)):
-        raise DatasetError(f"rate {rate_hz} Hz: give a positive rate")
+    check_rate(rate_hz)
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
                    key=_natural_key)
     if not files:
@@ -77,10 +76,13 @@ def import_video(source: str | Path, output: str | Path, *, rate_hz: float | Non
     try:
         if not capture.isOpened():
             raise DatasetError(f"video {str(path)!r} cannot be opened by OpenCV (not a video, or a codec it lacks)")
-        native = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        rate = rate_hz if rate_hz is not None else native
-        if not (rate > 0 and math.isfinite(rate)):
-            raise DatasetError(f"video {str(path)!r} states no frame rate; give --rate")
+        if rate_hz is not None:
+            rate = check_rate(rate_hz)
+        else:
+            rate = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+            if not (rate > 0 and math.isfinite(rate)):
+                raise DatasetError(f"video {str(path)!r} states no frame rate; give --rate")
+            check_rate(rate)
         summary = ImportSummary(str(path), str(output), "video", notes=_notes(rate, intrinsics, fov_deg))
 
         def frames(writer: FrameWriter) -> None:
