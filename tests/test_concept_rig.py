@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from perception_fm.errors import BadInputError
 from perception_fm.hookspecs import ModelOptions, Task
 from perception_fm.pipelines.concept_rig import ConceptRig, RigIds
 from perception_fm.pipelines.concept_tracker import ConceptTracker, TrackerConfig
@@ -117,8 +118,54 @@ def test_each_camera_tracks_as_its_own_tracker_with_rig_wide_ids(model, frames):
     assert set(rig.tracks) == {rig.ids.to_rig(c, i) for c, t in rig.trackers.items() for i in t.tracks}
     removed = rig.drop_concepts({next(iter(active))})
     assert set(removed) == set(history) & set(removed) and not rig.tracks
-    with pytest.raises(Exception, match="camera rig"):
+    with pytest.raises(BadInputError, match="camera rig: a prompt must name its camera"):
         rig.prompt(np.array([[1.0, 1.0]]), np.array([1]), None)
+
+
+def test_prompts_go_to_their_camera_and_refusals_take_no_id(model, frames):
+    rig = ConceptRig(model, ["cam0", "cam1"], TRACKER)
+    routed = []  # (camera, the local id the camera's session was prompted with)
+    for camera, session in rig._sessions.items():
+        original = session.prompt_object
+        session.prompt_object = (lambda original, camera: lambda frame, obj_id, *rest: (
+            routed.append((camera, obj_id)), original(frame, obj_id, *rest))[1])(original, camera)
+    rig.step({"cam0": frames[0][0], "cam1": frames[0][1]}, {})  # no concepts: only prompted tracks
+    box = np.array([20.0, 15.0, 60.0, 50.0])
+    # refused: no camera, an unknown camera, a box outside camera 1's image: no id is taken, nothing runs
+    for camera, reason in (("", "must name its camera, one of 'cam0', 'cam1'"), ("cam7", "unknown camera 'cam7'")):
+        with pytest.raises(BadInputError, match=reason):
+            rig.prompt(None, None, box, camera=camera)
+    with pytest.raises(BadInputError, match="outside"):
+        rig.prompt(np.array([[RIG.width + 5.0, 1.0]]), np.array([1]), None, camera="cam1")
+    assert not routed and not rig.tracks
+    # a box on camera 1 starts a track on camera 1's tracker, under a rig id that names camera 1
+    first = rig.prompt(None, None, box, concept="mug", camera="cam1")
+    assert rig.ids.to_camera(first) == ("cam1", 1) and first == 2 and routed == [("cam1", 1)]
+    assert set(rig.trackers["cam1"].tracks) == {1} and not rig.trackers["cam0"].tracks
+    # a correction by id goes to the id's camera (camera empty, or the right one); a disagreeing camera is refused
+    assert rig.prompt(np.array([[30.0, 30.0]]), np.array([1]), None, obj_id=first) == first
+    assert rig.prompt(np.array([[35.0, 30.0]]), np.array([0]), None, obj_id=first, camera="cam1") == first
+    assert routed == [("cam1", 1)] * 3
+    with pytest.raises(BadInputError, match="object 2 is tracked on camera 'cam1', not 'cam0'"):
+        rig.prompt(np.array([[30.0, 30.0]]), np.array([1]), None, obj_id=first, camera="cam0")
+    with pytest.raises(BadInputError, match="no tracked object 3"):  # 3 would be camera 0's first id
+        rig.prompt(np.array([[30.0, 30.0]]), np.array([1]), None, obj_id=3)
+    assert len(routed) == 3
+    # the next id on camera 1 follows the first: the refusals took none
+    second = rig.prompt(None, None, box + 5, camera="cam1")
+    assert rig.ids.to_camera(second) == ("cam1", 2)
+    output = rig.step({"cam0": frames[1][0], "cam1": frames[1][1]}, {})
+    assert {i.id for i in output.frames["cam1"].instances} == {first, second} and not output.frames["cam0"].instances
+    assert {i.concept for i in output.frames["cam1"].instances} == {"mug", "object"}
+    # a click names its camera by the frame of that camera's last image
+    with pytest.raises(BadInputError, match="no camera's last image is in frame 'cam0_optical'.*no image yet"):
+        rig.camera_of_frame("cam0_optical")
+    rig.note_frame("cam0", "cam0_optical")
+    rig.note_frame("cam1", "cam1_optical")
+    assert rig.camera_of_frame("cam1_optical") == "cam1" and rig.camera_of_frame("cam0_optical") == "cam0"
+    with pytest.raises(BadInputError, match="frame 'elsewhere'.*cam0: 'cam0_optical', cam1: 'cam1_optical'") as bad:
+        rig.camera_of_frame("elsewhere")
+    assert bad.value.reason == "prompt_frame"
 
 
 @pytest.mark.ros

@@ -4,12 +4,14 @@ Subscribes (relative names; remap them):
   image (sensor_msgs/Image) or image/compressed (image_transport:=compressed)
   concepts (std_msgs/String): "red mug, chair" adds, "-chair" removes, "=a, b" replaces ("=" clears)
   prompt_point (geometry_msgs/PointStamped): a click in image pixels (rqt_image_view's mouse topic) starts
-    a new tracked object there
+    a new tracked object there; on a camera rig (`cameras`) on the camera whose last image's frame_id is the
+    click's header.frame_id (no such camera: counted bad_prompt_frame and logged)
   depth/image, depth/camera_info, depth/info (use_depth:=true; e.g. depth_node's outputs): 3D positions
 Publishes, stamped with the input image's header:
   instances (perception_fm/InstanceArray): id, concept, scores, state, box, RLE mask, 3D position
   instances/labels (mono16 or 32SC1 id per pixel), instances/overlay (rgb8), instances/markers (MarkerArray)
-Services: ~/set_concepts (perception_fm/SetConcepts), ~/prompt_object (perception_fm/PromptObject)
+Services: ~/set_concepts (perception_fm/SetConcepts), ~/prompt_object (perception_fm/PromptObject; on a rig a
+  new object names its `camera`, a correction goes to the camera its id belongs to)
 No concept and no track: the model does not run (frames counted as skipped).
 
 Commands are user intent and are never dropped silently: every `concepts` message is kept (KEEP_ALL,
@@ -203,7 +205,8 @@ class ConceptNode(ModelNode):
             return response
         try:
             response.object_id = self._prompt(points if len(points) else None, labels if len(points) else None, box,
-                                              concept=request.concept or "object", obj_id=request.object_id or None)
+                                              concept=request.concept or "object", obj_id=request.object_id or None,
+                                              camera=request.camera)
             response.success, response.message = True, "ok"
         except (BadInputError, TimeoutError, _NoModel) as error:
             response.success, response.message = False, str(error)
@@ -212,14 +215,20 @@ class ConceptNode(ModelNode):
             self.get_logger().error(f"prompt failed: {type(error).__name__}: {error}\n{traceback.format_exc()}")
         return response
 
-    def _prompt(self, points, labels, box, **kwargs) -> int:
+    def _prompt(self, points, labels, box, camera: str = "", **kwargs) -> int:
         """Run a prompt in the worker (the tracker is the worker's alone) and return the object id. Raises
-        TimeoutError if the worker did not get to it within prompt_timeout_s; then it never runs."""
+        TimeoutError if the worker did not get to it within prompt_timeout_s; then it never runs. `camera`:
+        on a rig, the camera of a new object (ConceptRig.prompt routes a correction by its id); one camera: ""."""
         def prompt():
             handler = self.handler
             if handler is None:
                 raise _NoModel(f"no model: {self.model_error or 'loading'}")
             try:
+                if self._rig is not None:
+                    return handler.tracker.prompt(points, labels, box, camera=camera, **kwargs)
+                if camera:
+                    raise BadInputError("prompt", f"camera {camera!r} given, but this node has one camera (no "
+                                                  "'cameras' parameter): leave camera empty")
                 return handler.tracker.prompt(points, labels, box, **kwargs)
             except BadInputError:
                 self.stats.event("bad_prompt")
@@ -235,9 +244,13 @@ class ConceptNode(ModelNode):
             try:
                 if handler is None:
                     raise _NoModel(f"no model: {self.model_error or 'loading'}")
-                obj_id = handler.tracker.prompt(points, np.array([1]), None)
-            except (BadInputError, _NoModel) as error:
-                self.stats.event("bad_prompt")
+                if self._rig is None:
+                    obj_id = handler.tracker.prompt(points, np.array([1]), None)
+                else:  # the camera whose last image is in the click's frame
+                    camera = handler.tracker.camera_of_frame(message.header.frame_id)
+                    obj_id = handler.tracker.prompt(points, np.array([1]), None, camera=camera)
+            except (BadInputError, _NoModel) as error:  # bad_prompt, or bad_prompt_frame (a rig: no such camera)
+                self.stats.event(f"bad_{getattr(error, 'reason', 'prompt')}")
                 self.get_logger().warning(f"click prompt ignored: {error}", throttle_duration_sec=LOG_THROTTLE_S)
             except Exception as error:  # a bug or a model failure: said and counted, the node keeps running
                 self.stats.event("failed_prompt")

@@ -91,7 +91,7 @@ class RigConceptOutput:
 class ConceptRig:
     """Per-camera trackers over one model. `step` takes a group's images ({camera: RGB uint8}, any subset
     of the rig, any sizes). The same interface as a ConceptTracker where the node needs one: `tracks`
-    (every camera's), `drop_concepts`; manual prompts are per camera (`prompt` refuses: say which camera)."""
+    (every camera's), `drop_concepts`, `prompt` (which takes the camera; a correction finds it from the id)."""
 
     def __init__(self, model, cameras: Sequence[str], config: TrackerConfig = TrackerConfig()):
         cameras = tuple(cameras)
@@ -102,6 +102,7 @@ class ConceptRig:
         self.batched = callable(getattr(model, "encode_frames", None))
         self._sessions = {camera: _GroupFrameSession(model.new_session()) for camera in cameras}
         self.trackers = {camera: ConceptTracker(self._sessions[camera], config) for camera in cameras}
+        self.frame_ids: dict[str, str] = {}  # camera -> frame id of its last image (note_frame)
 
     @property
     def cameras(self) -> tuple[str, ...]:
@@ -117,9 +118,52 @@ class ConceptRig:
         return [self.ids.to_rig(camera, local) for camera, tracker in self.trackers.items()
                 for local in tracker.drop_concepts(prompt_ids)]
 
-    def prompt(self, *args, **kwargs) -> int:
-        raise BadInputError("prompt", "click and box prompts are not supported on a camera rig yet (the prompt "
-                                      "would have to name its camera); use concepts")
+    def prompt(self, points=None, labels=None, box=None, concept: str = "object", obj_id: int | None = None,
+               camera: str = "") -> int:
+        """ConceptTracker.prompt on one camera of the rig; returns the rig id. A new object (obj_id None) goes
+        to `camera`, which must be named (a click or box means nothing without the image it was made on). A
+        correction goes to the camera its id belongs to; a `camera` that disagrees with the id is refused,
+        not silently overridden (the caller mixed up its cameras). Refusals raise BadInputError and take no id."""
+        if obj_id is not None:
+            if obj_id not in self.tracks:
+                known = ", ".join(str(i) for i in sorted(self.tracks)[:20]) or "none"
+                raise BadInputError("prompt", f"no tracked object {obj_id} to correct (tracked now: {known}); "
+                                              "use object id 0 to start a new object")
+            owner, local = self.ids.to_camera(obj_id)
+            if camera and camera != owner:
+                raise BadInputError("prompt", f"object {obj_id} is tracked on camera {owner!r}, not {camera!r} "
+                                              "(leave camera empty to correct it on its own camera)")
+            self.trackers[owner].prompt(points, labels, box, concept=concept, obj_id=local)
+            return obj_id
+        self._check_camera(camera)
+        return self.ids.to_rig(camera, self.trackers[camera].prompt(points, labels, box, concept=concept))
+
+    def _check_camera(self, camera: str) -> None:
+        if camera in self.trackers:
+            return
+        names = ", ".join(repr(c) for c in self.cameras)
+        if not camera:
+            raise BadInputError("prompt", f"this node tracks a camera rig: a prompt must name its camera, "
+                                          f"one of {names}")
+        raise BadInputError("prompt", f"unknown camera {camera!r}; the rig's cameras are {names}")
+
+    def note_frame(self, camera: str, frame_id: str) -> None:
+        """The frame id of the camera's last image (the one its prompts apply to), for camera_of_frame."""
+        self.frame_ids[camera] = frame_id
+
+    def camera_of_frame(self, frame_id: str) -> str:
+        """The camera whose last image was in `frame_id` (how a PointStamped click names its camera).
+        BadInputError when no camera, or more than one, has that frame."""
+        matches = [camera for camera in self.cameras if self.frame_ids.get(camera) == frame_id]
+        if len(matches) == 1:
+            return matches[0]
+        seen = ", ".join(f"{camera}: {self.frame_ids[camera]!r}" for camera in self.cameras
+                         if camera in self.frame_ids) or "no image yet"
+        if matches:
+            raise BadInputError("prompt_frame", f"frame {frame_id!r} is the frame of several cameras "
+                                                f"({', '.join(matches)}): name the camera on ~/prompt_object")
+        raise BadInputError("prompt_frame", f"no camera's last image is in frame {frame_id!r} (cameras' frames: "
+                                            f"{seen})")
 
     def step(self, images: Mapping[str, np.ndarray], concepts: dict[int, Concept]) -> RigConceptOutput:
         unknown = [camera for camera in images if camera not in self.trackers]

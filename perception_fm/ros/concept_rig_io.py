@@ -87,6 +87,8 @@ class RigSegmentationHandler(io.SegmentationFrameHandler):
         if not images:
             raise error
         output = self.tracker.step(images, concepts)
+        for camera in images:  # prompts apply to these images; a click names its camera by their frame
+            self.tracker.note_frame(camera, headers[camera].frame_id)
         per_camera = {}
         for camera, frame in output.frames.items():
             masks = self._full_resolution(frame, images[camera].shape[:2])
@@ -103,7 +105,7 @@ class RigSegmentationHandler(io.SegmentationFrameHandler):
             height=height, width=width, concepts=list(first.concepts), prompt_ids=list(first.prompt_ids),
             instances=[instance for messages in per_camera.values() for instance in messages.instances.instances],
             depth_is_metric=False, model=first.model, weights=first.weights, inference_ms=float(output.inference_ms))
-        self.last_size = None  # prompts are refused on a rig (ConceptRig.prompt)
+        self.last_size = None  # each camera's tracker checks prompts against its own last image (ConceptRig.prompt)
         return RigSegmentation(per_camera, combined, output.inference_ms)
 
 
