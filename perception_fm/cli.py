@@ -242,8 +242,8 @@ def cmd_sample(args) -> int:
     argv = [args.out, "--frames", str(args.frames), "--width", str(args.width), "--height", str(args.height)]
     if args.force:
         argv.append("--force")
-    if args.rig > 1:  # a camera rig: per-camera topics, extrinsics on /tf_static
-        argv += ["--rig", str(args.rig), "--baseline", str(args.baseline)]
+    # always passed on, so the sample's own checks refuse --rig 0 / -1 and a bad --baseline (they were dropped)
+    argv += ["--rig", str(args.rig), "--baseline", str(args.baseline)]
     return synthetic.main(argv) or 0
 
 

@@ -83,3 +83,40 @@ def test_import_tum_stamp_beyond_ros_time_is_one_line(stamp, tmp_path, capsys):
     code, err = run_cli(["import", "tum", folder, tmp_path / "out", "--intrinsics", "10,10,8,6"], capsys)
     assert code == 2 and "outside what a ROS time holds" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_bag(tmp_path_factory):
+    """The synthetic sample, 2 frames of 32x24 (a real bag for the subcommands that read one)."""
+    path = tmp_path_factory.mktemp("sample") / "tiny"
+    assert main(["sample", str(path), "--frames", "2", "--width", "32", "--height", "24"]) == 0
+    return path
+
+
+def test_batch_out_that_is_a_file_is_one_line(tiny_bag, tmp_path, capsys):
+    results = tmp_path / "results"
+    results.write_text("not a directory")
+    # was: "[Errno 17] File exists: '...'"
+    code, err = run_cli(["batch", "config/sample.yaml", "--bags", tiny_bag, "--out", results, "--workers", "1"],
+                        capsys)
+    assert code == 2 and "is a file; give a results directory" in err
+
+
+@pytest.mark.parametrize("inside", ["", "results"])
+def test_batch_out_inside_the_input_bag_is_refused(inside, tiny_bag, capsys):
+    before = sorted(p.name for p in tiny_bag.iterdir())
+    # was: results (bags/, index.html, summary.*) written into the recording's own folder
+    code, err = run_cli(["batch", "config/sample.yaml", "--bags", tiny_bag, "--out", tiny_bag / inside,
+                         "--workers", "1"], capsys)
+    assert code == 2 and "is inside the input bag" in err
+    assert sorted(p.name for p in tiny_bag.iterdir()) == before
+
+
+@pytest.mark.parametrize("option, text", [(["--rig", "0"], "rig_cameras must be in"),
+                                          (["--rig", "-1"], "rig_cameras must be in"),
+                                          (["--baseline", "-1"], "rig_baseline must be positive")])
+def test_sample_bad_rig_options_are_refused(option, text, tmp_path, capsys):
+    # were: --rig 0 / -1 silently wrote the single-camera sample, --baseline ignored without --rig
+    code, err = run_cli(["sample", tmp_path / "s", "--frames", "1", "--width", "8", "--height", "6", *option], capsys)
+    assert code == 2 and text in err
+    assert not (tmp_path / "s").exists()

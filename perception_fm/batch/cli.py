@@ -52,10 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from perception_fm.batch.task import run_bag
 
     results = Path(args.out)
-    try:
-        results.mkdir(parents=True, exist_ok=True)
+    try:  # planned (bags found, config and --out checked) before the results directory is created
         jobs = plan(args.bags, results, Path(args.config), eval_config, random_weights=args.random_weights,
                     device=args.device or "", threads=args.threads_per_bag)
+        results.mkdir(parents=True, exist_ok=True)
     except (BatchError, ValueError, OSError) as error:
         print(f"perception-fm batch: error: {error}", file=sys.stderr)
         return 2

@@ -130,9 +130,16 @@ def plan(bags_spec: str, results_dir: Path, graph_path: Path, eval_config, *, ra
          device: str = "", threads: int = 1) -> list[BagJob]:
     from perception_fm.graph import load_graph
 
+    if results_dir.exists() and not results_dir.is_dir():
+        raise BatchError(f"--out {str(results_dir)!r} is a file; give a results directory")
     graph = load_graph(graph_path)  # checked here, once, before any task starts
     graph_yaml = Path(graph_path).read_text()
     root, bags = find_bags(bags_spec, exclude=results_dir)
+    results = results_dir.resolve()
+    for bag in bags:  # results written into an input bag's folder would mix with (and damage) the recording
+        if bag.resolve() == results or bag.resolve() in results.parents:
+            raise BatchError(f"--out {str(results_dir)!r} is inside the input bag {str(bag)!r}; give a results "
+                             "directory outside it")
     jobs, names = [], {}
     for bag in bags:
         name = bag_name(bag, root)
