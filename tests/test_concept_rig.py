@@ -15,7 +15,7 @@ from perception_fm.plugin_manager import PluginManager
 from perception_fm.replay import synthetic as syn
 from sam3_tiny import save_tiny_sam3
 
-RIG = syn.SampleConfig(width=96, height=72, frames=4, camera_path="walk", rig_cameras=2, rig_baseline=0.3)
+RIG = syn.SampleConfig(width=96, height=72, frames=5, camera_path="walk", rig_cameras=2, rig_baseline=0.3)
 # every query a detection (random weights score ~0.4) and tracks published from their first frame
 TRACKER = TrackerConfig(confirmation_frames=0, new_track_score=0.0, max_objects=6)
 
@@ -110,7 +110,7 @@ def test_each_camera_tracks_as_its_own_tracker_with_rig_wide_ids(model, frames):
             for instance in got.instances:
                 assert rig.ids.to_camera(instance.id)[0] == camera
                 history.setdefault(instance.id, []).append(index)
-    assert rig.trackers["cam1"]._frames == 3 and rig.trackers["cam0"]._frames == 4
+    assert rig.trackers["cam1"]._frames == RIG.frames - 1 and rig.trackers["cam0"]._frames == RIG.frames
     ids0 = {i for i in history if rig.ids.to_camera(i)[0] == "cam0"}
     ids1 = set(history) - ids0
     assert ids0 and ids1 and not ids0 & ids1  # both cameras track, never under one id
@@ -176,12 +176,16 @@ def test_two_camera_rig_through_concept_node_over_dds(checkpoint):
     from rclpy.context import Context
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.parameter import Parameter
-    from sensor_msgs.msg import Image
+    from geometry_msgs.msg import Point, PointStamped
+    from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image, RegionOfInterest
+    from std_msgs.msg import Header
 
     from perception_fm.msg import InstanceArray
     from perception_fm.nodes.concept_node import ConceptNode
     from perception_fm.ros.image_codec import image_to_numpy, numpy_to_image
     from perception_fm.ros.tf import ns_to_time
+    from perception_fm.srv import PromptObject
     from ros_probe import Probe
 
     probe = Probe("concept_rig_probe")
@@ -194,7 +198,7 @@ def test_two_camera_rig_through_concept_node_over_dds(checkpoint):
         Parameter("weights", value=str(checkpoint)), Parameter("cameras", value=["/cam0", "/cam1"]),
         Parameter("input_qos", value="reliable"), Parameter("rig_wait", value=60.0),
         Parameter("concepts", value="object"), Parameter("confirmation_frames", value=0),
-        Parameter("new_track_score", value=0.0), Parameter("max_objects", value=4)])
+        Parameter("new_track_score", value=0.0), Parameter("max_objects", value=16)])
     executor = MultiThreadedExecutor(context=context)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -239,15 +243,52 @@ def test_two_camera_rig_through_concept_node_over_dds(checkpoint):
         for camera in range(2):
             assert set(ids[camera][0]) <= set(ids[camera][2])  # stable: the first frame's tracks keep their ids
 
+        # prompts on the rig: ~/prompt_object names the camera, a correction goes to its id's camera
+        def next_local(camera):
+            return node.run_in_worker(lambda: node.handler.tracker.trackers[camera]._next_id, timeout=60)
+
+        def prompt(**fields):
+            return node._prompt_object(PromptObject.Request(**fields), PromptObject.Response())
+
+        box = RegionOfInterest(x_offset=20, y_offset=15, width=40, height=35)
+        expected = node.handler.tracker.ids.to_rig("cam1", next_local("cam1"))
+        for camera, reason in (("", "must name its camera, one of 'cam0', 'cam1'"), ("cam7", "unknown camera")):
+            refused = prompt(concept="mug", box=box, camera=camera)
+            assert not refused.success and reason in refused.message, refused.message
+        started = prompt(concept="mug", box=box, camera="cam1")
+        assert started.success, started.message
+        assert started.object_id == expected and (started.object_id - 1) % 2 == 1  # refusals took no id
+        wrong = prompt(object_id=started.object_id, points=[Point(x=30.0, y=30.0, z=1.0)], camera="cam0")
+        assert not wrong.success and f"object {started.object_id} is tracked on camera 'cam1'" in wrong.message
+        corrected = prompt(object_id=started.object_id, points=[Point(x=30.0, y=30.0, z=1.0)])
+        assert corrected.success and corrected.object_id == started.object_id, corrected.message
+        # clicks: routed by the frame of a camera's last image; an unknown frame is counted and logged
+        clicks = probe.publisher(PointStamped, "/prompt_point", QoSProfile(
+            history=HistoryPolicy.KEEP_ALL, reliability=ReliabilityPolicy.RELIABLE))
+        probe.wait_until(lambda: clicks.get_subscription_count() > 0, 60, "the node's prompt_point subscription")
+        clicked = node.handler.tracker.ids.to_rig("cam0", next_local("cam0"))
+        clicks.publish(PointStamped(header=Header(frame_id="nowhere"), point=Point(x=30.0, y=30.0)))
+        clicks.publish(PointStamped(header=Header(frame_id=syn.rig_camera_frame(RIG, 0)), point=Point(x=30.0, y=30.0)))
+
+        def count(name):
+            return node.stats.snapshot().get(f"count_{name}", 0)
+        probe.wait_until(lambda: count("bad_prompt_frame") == 1 and count("click_prompts") == 1, 60, "clicks applied")
+        for camera in (0, 1):
+            send(3, camera)
+        mine = {i.id: i for i in probe.wait_for("/cam1/instances", at(3)).instances}
+        assert mine[started.object_id].camera == "cam1" and mine[started.object_id].concept == "mug"
+        theirs = {i.id: i for i in probe.wait_for("/cam0/instances", at(3)).instances}
+        assert theirs[clicked].camera == "cam0" and started.object_id not in theirs
+
         # camera 1 stops: the group goes on without it after rig_wait, counted
         node.set_parameters([Parameter("rig_wait", value=0.2)])
         probe.wait_until(lambda: node.run_in_worker(lambda: node._rig.grouper.wait_s, timeout=60) == 0.2, 60,
                          "rig_wait applied")
-        send(3, 0)
-        combined = probe.wait_for("/instances", at(3))
+        send(4, 0)
+        combined = probe.wait_for("/instances", at(4))
         assert combined.instances and {i.camera for i in combined.instances} == {"cam0"}
         assert node.stats.snapshot()["count_camera_missing_cam1"] == 1
-        assert not any(at(3)(m) for m in probe.received("/cam1/instances"))
+        assert not any(at(4)(m) for m in probe.received("/cam1/instances"))
     finally:
         executor.shutdown(timeout_sec=0)
         node.destroy_node()
