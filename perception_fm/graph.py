@@ -31,15 +31,23 @@ class NodeType:
     module: str  # has main(); `python -m module` runs the node
     params: str  # "module:NAME" of its parameter table besides MODEL_PARAMS (imported when needed)
     default_model: str  # used when the `model` parameter is empty
+    # "module:function" checking the resolved values together (what no single parameter's check can see, e.g. a
+    # rig's window without known poses); raises ValueError. Empty: none.
+    values_check: str = ""
 
     def param_table(self) -> tuple[Param, ...]:
         module, name = self.params.split(":")
         return getattr(importlib.import_module(module), name)
 
+    def check_values(self, values: dict[str, Any]) -> None:
+        if self.values_check:
+            module, name = self.values_check.split(":")
+            getattr(importlib.import_module(module), name)(values)
+
 
 NODE_TYPES = {
     "depth_node": NodeType("perception_fm.nodes.depth_node", "perception_fm.ros.depth_rig_io:DEPTH_NODE_PARAMS",
-                           "da3-small"),
+                           "da3-small", values_check="perception_fm.ros.depth_rig_io:check_rig_values"),
     "concept_node": NodeType("perception_fm.nodes.concept_node", "perception_fm.ros.concept_rig_io:CONCEPT_NODE_PARAMS",
                              "sam3"),
     "speech_node": NodeType("perception_fm.nodes.speech_node", "perception_fm.speech.params:SPEECH_PARAMS",
@@ -84,6 +92,7 @@ class NodeConfig:
         own = {k: v for k, v in self.parameters.items() if k not in COMMON_PARAM_NAMES}
         try:
             values = resolve(self.param_table(), own)
+            self.type.check_values(values)
         except ValueError as error:
             raise ValueError(f"node {self.name!r}: {error}") from None
         values["model"] = values["model"] or self.type.default_model

@@ -120,3 +120,25 @@ def test_sample_bad_rig_options_are_refused(option, text, tmp_path, capsys):
     code, err = run_cli(["sample", tmp_path / "s", "--frames", "1", "--width", "8", "--height", "6", *option], capsys)
     assert code == 2 and text in err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("parameters, text", [
+    # was accepted by `up --dry-run` / replay's config check; the node's configure then failed at start
+    ('cameras: ["cam0", "cam1"], window_size: 3, rig_frame: camera_link',
+     "a camera rig with window_size 3 needs known_pose_frame"),
+    # was accepted until the ONNX backend was built (and ignored there for non-ONNX models)
+    ("onnx_views: garbage", 'onnx_views must be "auto"'),
+    ("onnx_views: 4-2", 'onnx_views must be "auto"'),
+])
+def test_up_dry_run_refuses_depth_values_a_node_would_refuse(parameters, text, tmp_path, capsys):
+    config = tmp_path / "graph.yaml"
+    config.write_text(f"nodes:\n  depth_node:\n    executable: depth_node\n    parameters: {{{parameters}}}\n")
+    code, err = run_cli(["up", config, "--dry-run", "--no-budget"], capsys)
+    assert code == 2 and text in err and "node 'depth_node'" in err
+
+
+def test_up_dry_run_accepts_a_rig_window_with_known_poses(tmp_path, capsys):
+    config = tmp_path / "graph.yaml"
+    config.write_text("nodes:\n  depth_node:\n    executable: depth_node\n    parameters: {cameras: [cam0, cam1], "
+                      "window_size: 3, rig_frame: camera_link, known_pose_frame: odom, onnx_views: 2-4}\n")
+    assert run_cli(["up", config, "--dry-run", "--no-budget"], capsys)[0] == 0

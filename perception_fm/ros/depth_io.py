@@ -28,6 +28,13 @@ from perception_fm.ros.pairing import live_clock
 from perception_fm.ros.qos import PROFILES
 from perception_fm.ros.tf import make_pose_stamped, make_transform, stamp_to_ns
 
+def _parse_onnx_views(views) -> None:
+    """onnx_views checked with the ONNX backend's own parser (imported only when a value is checked)."""
+    from perception_fm.plugins.da3_onnx import parse_views
+
+    parse_views(views)
+
+
 # Parameters of the depth node (besides perception_fm.nodes.params.MODEL_PARAMS); the replay reads the same.
 DEPTH_PARAMS = (
     # model-specific (a change reloads the model)
@@ -46,7 +53,8 @@ DEPTH_PARAMS = (
           choices=("off", "default", "reduce-overhead", "max-autotune")),
     # the ONNX backend (da3-*-onnx models); ignored by the others
     Param("onnx_views", "auto", "View counts the ONNX graphs serve: auto (a graph per segment 1, 2, 3-8, ... "
-                                "exported on first use), N (exactly N) or A-B (a range)."),
+                                "exported on first use), N (exactly N) or A-B (a range).",
+          validate=_parse_onnx_views),
     Param("onnx_providers", "", "ONNX Runtime execution providers, comma-separated; empty: "
                                 "$PERCEPTION_FM_ONNX_PROVIDERS, else auto (TensorRT, CUDA, CPU: those present)."),
     Param("onnx_cache_dir", "", "Export cache directory; empty: $PERCEPTION_FM_ONNX_CACHE, else "

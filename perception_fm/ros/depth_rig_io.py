@@ -110,6 +110,15 @@ RIG_PARAMS = (
 DEPTH_NODE_PARAMS = depth_io.DEPTH_PARAMS + RIG_PARAMS
 
 
+def check_rig_values(values: dict) -> None:
+    """The depth node's values taken together (graph configs: `up --dry-run` refuses what configure would):
+    a rig's window keeps past groups, which needs the rig's pose over time (DepthRigPipeline refuses it too)."""
+    if values["cameras"] and values["window_size"] > 1 and not (values["known_pose_frame"] and values["rig_frame"]):
+        raise ValueError(f"a camera rig with window_size {values['window_size']} needs known_pose_frame (e.g. "
+                         "odom) and rig_frame: past groups are placed by the rig's pose over time; or use "
+                         "window_size 1")
+
+
 class RigFrameHandler:
     """A group of rig frames (CameraGroup of stamp-paired image + camera_info) through the rig pipeline:
     messages per camera and the fused cloud. `tf_lookup(target, source, stamp_ns, wait)` as in depth_io;
