@@ -142,3 +142,28 @@ def test_up_dry_run_accepts_a_rig_window_with_known_poses(tmp_path, capsys):
     config.write_text("nodes:\n  depth_node:\n    executable: depth_node\n    parameters: {cameras: [cam0, cam1], "
                       "window_size: 3, rig_frame: camera_link, known_pose_frame: odom, onnx_views: 2-4}\n")
     assert run_cli(["up", config, "--dry-run", "--no-budget"], capsys)[0] == 0
+
+
+def test_eval_rig_camera_without_ground_truth_is_said(tmp_path, capsys):
+    from perception_fm.replay.bag_io import BagReader, BagWriter
+
+    sample = tmp_path / "rig"
+    assert main(["sample", str(sample), "--rig", "2", "--frames", "2", "--width", "16", "--height", "12"]) == 0
+    out = tmp_path / "out"
+    with BagReader(sample) as reader, BagWriter(out) as writer:  # perfect predictions; cam1's truth left out
+        for item in reader.messages():
+            if item.topic.endswith("/depth") and item.topic.startswith("/gt/"):
+                camera = item.topic.split("/")[2]
+                writer.write(f"/{camera}/color/depth/image", item.message, item.timestamp_ns)
+            if item.topic.startswith("/gt/cam1/"):
+                continue
+            if item.message is None:
+                writer.write_raw(item)
+            else:
+                writer.write(item.topic, item.message, item.timestamp_ns, msgtype=item.msgtype)
+    capsys.readouterr()
+    # was: cam1 dropped from the evaluation without a word (and the fused cloud scored against cam0 only)
+    code, err = run_cli(["eval", out], capsys)
+    assert code == 0
+    assert "skipped (cam1): not evaluated: its predictions have no ground truth /gt/cam1/depth" in err
+    assert "skipped (cam0): not evaluated" not in err

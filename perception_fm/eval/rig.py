@@ -35,6 +35,14 @@ def rig_cameras(topics: dict[str, str]) -> list[str]:
     return sorted(match.group(1) for topic in topics if (match := GT_DEPTH.match(topic)))
 
 
+def cameras_without_truth(out_topics: dict[str, str], cameras: list[str]) -> list[str]:
+    """Cameras with predicted depth (/<camera>/.../depth/image) but no /gt/<camera>/depth: they cannot be
+    evaluated, and the fused cloud is scored only against the others' ground truth."""
+    predicted = {topic.split("/")[1] for topic in out_topics
+                 if topic.endswith("/depth/image") and topic.count("/") >= 3}
+    return sorted(predicted - set(cameras) - {"gt"})
+
+
 def camera_topics(camera: str, out_topics: dict[str, str], base: EvalTopics | None = None) -> EvalTopics:
     """The evaluator's topics for one camera of the rig."""
     base = base or EvalTopics()
@@ -52,6 +60,7 @@ class RigEvalResult:
     cameras: dict[str, EvalResult]
     fused: list[MetricRow] = field(default_factory=list)
     fused_skipped: str = ""  # why there are no fused rows
+    without_truth: list[str] = field(default_factory=list)  # cameras predicted but without ground truth
 
     def table(self) -> str:
         blocks = [f"== camera {camera} ==\n{result.table()}" for camera, result in self.cameras.items()]
@@ -64,7 +73,8 @@ class RigEvalResult:
 
     def to_dict(self) -> dict:
         return {"cameras": {camera: result.to_dict() for camera, result in self.cameras.items()},
-                "fused": [row.to_dict() for row in self.fused], "fused_skipped": self.fused_skipped}
+                "fused": [row.to_dict() for row in self.fused], "fused_skipped": self.fused_skipped,
+                "without_truth": list(self.without_truth)}
 
 
 def evaluate_rig(out_bag: str | Path, gt: str | Path | None = None, config: EvalConfig | None = None,
@@ -89,7 +99,7 @@ def evaluate_rig(out_bag: str | Path, gt: str | Path | None = None, config: Eval
         raise EvalError("no /gt/<camera>/depth topics: not a camera rig's bag")
     results = {camera: evaluate(out_bag, gt, replace(config, topics=camera_topics(camera, out_topics, config.topics)))
                for camera in cameras}
-    result = RigEvalResult(results)
+    result = RigEvalResult(results, without_truth=cameras_without_truth(out_topics, cameras))
     if fused_topic not in out_topics:
         result.fused_skipped = f"no {fused_topic} in the output bag"
         return result
@@ -225,6 +235,9 @@ def main_rig(args, config: EvalConfig) -> int | None:
         print("WARNING: RANDOM-INIT WEIGHTS: the model was not trained; these numbers only check the plumbing",
               file=sys.stderr)
     print(result.table())
+    for camera in result.without_truth:  # was left out without a word
+        print(f"skipped ({camera}): not evaluated: its predictions have no ground truth /gt/{camera}/depth; the "
+              f"fused cloud is scored against {', '.join(result.cameras)} only", file=sys.stderr)
     for camera, camera_result in result.cameras.items():
         for line in camera_result.skipped:
             print(f"skipped ({camera}): {line}", file=sys.stderr)
