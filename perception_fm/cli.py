@@ -30,6 +30,8 @@ def cmd_plugins(args) -> int:
 
     if args.memory:
         return _print_memory(args)
+    if args.config:  # was ignored: the plain listing does not read a graph
+        raise ValueError("plugins --config needs --memory (the memory of that graph's models)")
     entries = default_manager().models(args.task)
     cached = cached_hub_repos()
     cuda = cuda_available() if any(e.spec.needs_cuda for e in entries) else None

@@ -167,3 +167,9 @@ def test_eval_rig_camera_without_ground_truth_is_said(tmp_path, capsys):
     assert code == 0
     assert "skipped (cam1): not evaluated: its predictions have no ground truth /gt/cam1/depth" in err
     assert "skipped (cam0): not evaluated" not in err
+
+
+def test_plugins_config_without_memory_is_refused(capsys):
+    # was: --config silently ignored and the plain listing printed
+    code, err = run_cli(["plugins", "--config", "config/sample.yaml"], capsys)
+    assert code == 2 and "plugins --config needs --memory" in err
