@@ -30,31 +30,59 @@ ERROR = 2  # diagnostic_msgs/DiagnosticStatus.ERROR
 OK = 0
 
 
-def call(probe, service_type, name, request, timeout=120.0):
-    """Call a service of the node under test and return the response (a load may take a while: generous)."""
+# Transitions' target states, to confirm a transition whose answer was lost (see call).
+TARGET_STATE = {Transition.TRANSITION_CONFIGURE: "inactive", Transition.TRANSITION_ACTIVATE: "active",
+                Transition.TRANSITION_DEACTIVATE: "inactive", Transition.TRANSITION_CLEANUP: "unconfigured"}
+RESEND_S = 20.0
+
+
+def call(probe, service_type, name, request, timeout=120.0, resend=False):
+    """Call a service of the node under test and return the response, or None when no answer came (a load may
+    take a while: generous). A fresh client's first answer can be lost on a loaded machine: the server answers
+    once it has discovered the client's reply reader and waits only briefly for that (Fast DDS), so an idempotent
+    request (`resend`) is sent again every RESEND_S seconds until one is answered."""
     client = probe.node.create_client(service_type, name)
     try:
         assert client.wait_for_service(timeout_sec=60), f"{name} not offered"
-        future = client.call_async(request)
-        probe.wait_until(future.done, timeout, f"{name} answered")
-        return future.result()
+        deadline = time.monotonic() + timeout
+        while True:
+            future = client.call_async(request)
+            window = min(RESEND_S if resend else timeout, deadline - time.monotonic())
+            try:
+                probe.wait_until(future.done, max(window, 0.0), f"{name} answered")
+                return future.result()
+            except AssertionError:
+                if not resend or time.monotonic() >= deadline:
+                    if resend:
+                        raise
+                    return None
     finally:
         probe.node.destroy_client(client)
 
 
 def get_state(probe, node_name) -> str:
-    return call(probe, GetState, f"/{node_name}/get_state", GetState.Request()).current_state.label
+    return call(probe, GetState, f"/{node_name}/get_state", GetState.Request(), resend=True).current_state.label
 
 
 def change_state(probe, node_name, transition_id) -> bool:
+    """A transition is not idempotent, so it is sent once; when its answer is lost (see call), the node's state
+    says whether it happened."""
     request = ChangeState.Request(transition=Transition(id=transition_id))
-    return call(probe, ChangeState, f"/{node_name}/change_state", request).success
+    answer = call(probe, ChangeState, f"/{node_name}/change_state", request, timeout=RESEND_S)
+    if answer is not None:
+        return answer.success
+    target = TARGET_STATE[transition_id]
+    try:
+        probe.wait_until(lambda: get_state(probe, node_name) == target, 120.0, f"{node_name} {target}")
+    except AssertionError:
+        return False
+    return True
 
 
 def set_parameter(probe, node_name, name, value: str):
     request = SetParameters.Request(parameters=[Parameter(
         name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))])
-    result = call(probe, SetParameters, f"/{node_name}/set_parameters", request)
+    result = call(probe, SetParameters, f"/{node_name}/set_parameters", request, resend=True)
     assert result.results[0].successful, result.results[0].reason
 
 
@@ -254,7 +282,7 @@ def test_enable_and_reload_model_services(probe, depth, camera):
             assert change_state(probe, "depth_node", Transition.TRANSITION_DEACTIVATE)
         assert change_state(probe, "depth_node", Transition.TRANSITION_CLEANUP)
     # ~/enable true from unconfigured: configure, then activate
-    answer = call(probe, SetBool, "/depth_node/enable", SetBool.Request(data=True))
+    answer = call(probe, SetBool, "/depth_node/enable", SetBool.Request(data=True), resend=True)
     assert answer.success and answer.message == "active", answer
     frame_goes_through(probe, camera, 20_000_000_000)
     # ~/reload_model in place keeps the state
@@ -262,7 +290,7 @@ def test_enable_and_reload_model_services(probe, depth, camera):
     assert answer.success and get_state(probe, "depth_node") == "active", answer
     frame_goes_through(probe, camera, 30_000_000_000)
     # ~/enable false: inactive, the model kept
-    answer = call(probe, SetBool, "/depth_node/enable", SetBool.Request(data=False))
+    answer = call(probe, SetBool, "/depth_node/enable", SetBool.Request(data=False), resend=True)
     assert answer.success and get_state(probe, "depth_node") == "inactive", answer
     values = wait_diagnostics(probe, depth, lambda v: v.get("lifecycle_state") == "inactive", "inactive")
     assert values["weights"] != ""
@@ -369,5 +397,5 @@ def test_every_node_goes_through_its_lifecycle(probe, other_nodes, name):
     probe.wait_until(lambda: diagnostics().get("lifecycle_state") == "unconfigured"
                      and diagnostics().get("weights") == "", 60, f"{name} unconfigured without a model")
     # ~/enable brings it all the way up again
-    assert call(probe, SetBool, f"/{name}/enable", SetBool.Request(data=True)).success
+    assert call(probe, SetBool, f"/{name}/enable", SetBool.Request(data=True), resend=True).success
     probe.wait_until(lambda: inputs() > 0, 60, f"{name} subscribed again")
