@@ -51,17 +51,27 @@ def diagnostic(probe, node, name="depth_node"):
     return diagnostics_values(probe, name) or {}
 
 
-def call(probe, service_type, name, request):
+def call(probe, service_type, name, request, resend=False):
+    """The response of one call. A fresh client's first answer can be lost on a loaded machine (Fast DDS answers
+    once it has discovered the client's reply reader and waits only briefly for that), so an idempotent request
+    (`resend`) is sent again every 20 s, within 60 s."""
     client = probe.node.create_client(service_type, name)
     assert client.wait_for_service(timeout_sec=60), name
-    future = client.call_async(request)
-    probe.wait_until(future.done, 60, f"{name} answered")
-    return future.result()
+    deadline = time.monotonic() + 60
+    while True:
+        future = client.call_async(request)
+        try:
+            probe.wait_until(future.done, min(20.0, deadline - time.monotonic()) if resend else 60, f"{name} answered")
+            return future.result()
+        except AssertionError:
+            if not resend or time.monotonic() >= deadline:
+                raise
 
 
 def set_weights(probe, weights):
     result = call(probe, SetParameters, "/depth_node/set_parameters", SetParameters.Request(parameters=[Parameter(
-        name="weights", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(weights)))]))
+        name="weights", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=str(weights)))]),
+        resend=True)
     assert result.results[0].successful
 
 
