@@ -69,6 +69,7 @@ WORKER_STOP_WAIT_S = 3.0  # how long destroy_node lets a frame in flight finish 
 SPIN_POLL_S = 0.1  # the executor wakes this often to see a stop request (a Python signal handler runs only then)
 STOP_POLL_S = 0.1  # how often a transition waiting for the worker (or for another transition) looks for a stop
 EXECUTOR_THREADS = 2  # run_node: one for a transition waiting on a model load, one for everything else
+SWITCH_INTERVAL_S = 0.0005  # run_node: how long a thread may hold the GIL while another waits (Python: 5 ms)
 
 # lifecycle states (labels, as `ros2 lifecycle get` prints them)
 UNCONFIGURED, INACTIVE, ACTIVE, FINALIZED = "unconfigured", "inactive", "active", "finalized"
@@ -823,6 +824,10 @@ def run_node(node_class, args=None) -> int:
     from perception_fm.nodes.params import ParameterError, remember_arguments
 
     tune_malloc()  # steady per-frame buffers without page-fault storms (see perception_fm.core.memory)
+    # The model's worker gives the GIL up in every torch op and must win it back from the executor's threads
+    # (/tf at hundreds of Hz) each time: at Python's default 5 ms switch interval that convoy stretched a 50 ms
+    # forward to seconds under a busy /tf. A shorter interval bounds each wait.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     stop = threading.Event()
     previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
     node = None

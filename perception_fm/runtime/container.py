@@ -75,10 +75,11 @@ def run_graph(graph, args: list[str] | None = None, num_threads: int | None = No
     from rclpy.signals import SignalHandlerOptions
 
     from perception_fm.core.memory import tune_malloc
-    from perception_fm.nodes.node_base import EXECUTOR_THREADS, SPIN_POLL_S
+    from perception_fm.nodes.node_base import EXECUTOR_THREADS, SPIN_POLL_S, SWITCH_INTERVAL_S
     from perception_fm.nodes.params import ParameterError, remember_arguments
 
     tune_malloc()
+    sys.setswitchinterval(SWITCH_INTERVAL_S)  # as run_node: models' workers win the GIL back quickly
     stop = threading.Event()
     previous = {number: signal.signal(number, lambda *_: stop.set()) for number in (signal.SIGINT, signal.SIGTERM)}
     nodes: list = []
