@@ -212,32 +212,44 @@ def test_bad_tf_messages_do_not_stop_depth_node(graph, da3_small_checkpoint):
     node = start_node("perception_fm.nodes.depth_node", *depth_node_args(da3_small_checkpoint))
     try:
         run_until_processing(graph, node, "depth_node", "/depth/info")
-        graph.inject(*bad_tf_messages())
         reasons = ("bad_quaternion", "bad_translation", "empty_frame_id", "self_transform")
+        # /tf is KEEP_LAST: on a loaded machine a busy node's reader can drop old samples before its callback
+        # runs, as it would on a robot, so the bad messages are sent again (every 10 s) until each was seen
+        injected = {"times": 0, "at": -math.inf}
 
         def all_reported():
             assert node.poll() is None, f"depth_node died (exit {node.returncode}):\n" + stop_node(node)
             log = node_log_so_far(node)
-            return all(f"TF rejected ({reason}" in log for reason in reasons)
-        graph.probe.wait_until(all_reported, 60, "the bad transforms reported in the log")
-        # /diagnostics counts them exactly, by reason, and says WARN while they come (like bad frames)
-        expected = {"tf_rejected_bad_quaternion": "2", "tf_rejected_bad_translation": "1",
-                    "tf_rejected_empty_frame_id": "1", "tf_rejected_self_transform": "1"}
+            if all(f"TF rejected ({reason}" in log for reason in reasons):
+                return True
+            if time.monotonic() - injected["at"] >= 10.0:
+                graph.inject(*bad_tf_messages())
+                injected["times"] += 1
+                injected["at"] = time.monotonic()
+            return False
+        graph.probe.wait_until(all_reported, 90, "the bad transforms reported in the log")
+        # /diagnostics counts them by reason (exactly, when nothing was lost: at most what was sent), and says
+        # WARN while they come (like bad frames)
+        per_injection = {"tf_rejected_bad_quaternion": 2, "tf_rejected_bad_translation": 1,
+                         "tf_rejected_empty_frame_id": 1, "tf_rejected_self_transform": 1}
 
         def counted():
             values = diagnostics_values(graph.probe, "depth_node") or {}
-            return all(values.get(key) == count for key, count in expected.items())
+            return all(1 <= int(values.get(key, 0)) <= count * injected["times"]
+                       for key, count in per_injection.items())
 
         def warned():
             return any(status.level == DiagnosticStatus.WARN and "TF rejected" in status.message
                        for message in graph.probe.received("/diagnostics") for status in message.status
                        if "depth_node" in status.name)
-        graph.probe.wait_until(counted, 60, f"/diagnostics values {expected}")
+        graph.probe.wait_until(counted, 60, f"/diagnostics counting {per_injection} per injection")
+        expected = {key: (diagnostics_values(graph.probe, "depth_node") or {}).get(key) for key in per_injection}
         assert warned(), "no WARN status naming the TF rejects"
         # and it still processes frames, with TF (the good chain keeps coming)
         run_until_processing(graph, node, "depth_node", "/depth/info", frames=5)  # back to 'ok': no new rejects
         values = diagnostics_values(graph.probe, "depth_node")
-        assert {key: values.get(key) for key in expected} == expected, values  # counters stay, status is ok
+        assert all(int(expected[key]) <= int(values.get(key, 0)) <= per_injection[key] * injected["times"]
+                   for key in per_injection), values  # counters stay (nothing reset them), status is ok
         assert not any(key.endswith(("old_data", "cache_full")) for key in values), values
     finally:
         log = stop_node(node)
