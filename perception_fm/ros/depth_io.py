@@ -117,6 +117,19 @@ TOPIC_PATH = "camera_path"
 CAMERA_INFO = "camera_info"
 
 
+def decode_frame(message, camera_info: CameraInfo | None, max_pixels: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """An Image or CompressedImage as RGB8 and its camera_info's K (None without one); BadInputError for what
+    cannot be used (the caller counts the drop). One camera's frame and each camera of a rig decode alike."""
+    rgb = compressed_to_rgb8(message, max_pixels) if isinstance(message, CompressedImage) \
+        else image_to_rgb8(message, max_pixels)
+    intrinsics = None
+    if camera_info is not None:
+        camera = camera_info_to_intrinsics(camera_info)
+        check_image_size(camera, rgb.shape[:2])
+        intrinsics = camera.K
+    return rgb, intrinsics
+
+
 def depth_pairer(values: dict, clock: Callable[[], int], *, on_event: Callable[[str], None],
                  on_drop: Callable[[str], None], max_pending: int = 32) -> StampPairer:
     """Images (frames) paired with the camera_info of their stamp; a missing one is replaced by the newest
@@ -260,14 +273,7 @@ class DepthFrameHandler:
         `cloud`, the point cloud is neither computed nor built (messages.points is None)."""
         started = time.perf_counter()
         header = message.header
-        limit = self.values["max_image_pixels"]
-        rgb = compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) \
-            else image_to_rgb8(message, limit)
-        intrinsics = None
-        if camera_info is not None:
-            camera = camera_info_to_intrinsics(camera_info)
-            check_image_size(camera, rgb.shape[:2])
-            intrinsics = camera.K
+        rgb, intrinsics = decode_frame(message, camera_info, self.values["max_image_pixels"])
         stamp_ns = stamp_to_ns(header.stamp)
         known = self._lookup(self.values["known_pose_frame"], header.frame_id, stamp_ns, wait=True)
         if self.values["known_pose_frame"] and known is None:

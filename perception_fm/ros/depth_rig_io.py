@@ -32,9 +32,7 @@ from perception_fm.nodes.params import Param
 from perception_fm.pipelines.depth_pipeline import DepthOutput
 from perception_fm.pipelines.depth_rig import DepthRigPipeline, RigOutput, RigView
 from perception_fm.ros import depth_io
-from perception_fm.ros.camera_info import camera_info_to_intrinsics, check_image_size
 from perception_fm.ros.cloud_codec import xyzrgb_to_pointcloud2
-from perception_fm.ros.image_codec import compressed_to_rgb8, image_to_rgb8
 from perception_fm.ros.tf import stamp_to_ns
 
 TOPIC_POINTS_FUSED = "points_fused"
@@ -183,15 +181,7 @@ class RigFrameHandler:
         return output, messages, fused
 
     def _decode(self, message, camera_info):
-        limit = self.values["max_image_pixels"]
-        rgb = compressed_to_rgb8(message, limit) if isinstance(message, CompressedImage) \
-            else image_to_rgb8(message, limit)
-        intrinsics = None
-        if camera_info is not None:
-            camera = camera_info_to_intrinsics(camera_info)
-            check_image_size(camera, rgb.shape[:2])
-            intrinsics = camera.K
-        return rgb, intrinsics
+        return depth_io.decode_frame(message, camera_info, self.values["max_image_pixels"])
 
 
 class LiveRig:
